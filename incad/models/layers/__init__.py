@@ -1,0 +1,6 @@
+"""Reusable building blocks shared by learners."""
+
+from incad.models.layers.jitter import feature_jitter
+from incad.models.layers.position import sine_position_embedding_2d
+
+__all__ = ["feature_jitter", "sine_position_embedding_2d"]

@@ -1,0 +1,77 @@
+"""From a validated config to an Avalanche class-incremental benchmark.
+
+Each step ("B-I with S steps") is one training experience holding the normal
+training samples of that step's classes, and one test experience holding the
+test samples of the same classes; after training step ``s`` the runner
+evaluates test experiences ``0..s``, i.e. every class seen so far. Object ids
+follow the scenario's class order and travel with every sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from avalanche.benchmarks import benchmark_from_datasets
+from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
+from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+
+from incad.config import RunConfig
+from incad.data.mvtec3d import MVTec3DDataset, list_classes
+from incad.errors import ConfigError
+
+
+@dataclass
+class Scenario:
+    """The benchmark plus the facts about it that reports need."""
+
+    benchmark: CLScenario
+    class_order: list[str]
+    step_classes: list[list[str]]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_classes)
+
+
+def resolve_class_order(config: RunConfig, data_root: Path) -> list[str]:
+    """The scenario's class order, checked against the dataset's classes and the split."""
+    available = list_classes(data_root)
+    order = list(config.scenario.classes) or available
+    unknown = [name for name in order if name not in available]
+    if unknown:
+        raise ConfigError(
+            f"scenario.classes: unknown class(es) {unknown} in dataset {data_root}; allowed: {', '.join(available)}"
+        )
+    if len(set(order)) != len(order):
+        raise ConfigError(f"scenario.classes: a class is listed twice in {order}")
+    needed = config.scenario.num_classes
+    if len(order) != needed:
+        split = f"{config.scenario.base}-{config.scenario.increment} with {config.scenario.steps} steps"
+        raise ConfigError(
+            f"scenario: the split '{split}' needs exactly {needed} classes but {len(order)} are given "
+            f"({', '.join(order)}); change scenario.classes or scenario.base/increment/steps"
+        )
+    return order
+
+
+def _split_dataset(root: Path, classes: list[str], split: str, config: RunConfig, object_ids: dict[str, int]) -> AvalancheDataset:
+    dataset = MVTec3DDataset(
+        root,
+        class_names=classes,
+        split=split,
+        image_size=config.dataset.image_size,
+        object_ids=object_ids,
+        load_xyz=config.scenario.modality != "rgb",
+    )
+    return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")])
+
+
+def build_scenario(config: RunConfig, data_root: Path) -> Scenario:
+    """One train and one test experience per step, in the scenario's class order."""
+    order = resolve_class_order(config, data_root)
+    object_ids = {name: index for index, name in enumerate(order)}
+    step_classes = config.scenario.step_classes(order)
+    train = [_split_dataset(data_root, classes, "train", config, object_ids) for classes in step_classes]
+    test = [_split_dataset(data_root, classes, "test", config, object_ids) for classes in step_classes]
+    return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes)

@@ -1,0 +1,106 @@
+"""Anomaly-detection strategy template on Avalanche's ``SupervisedTemplate``.
+
+Avalanche's supervised problem indexes batches positionally and computes a
+classification loss. This template keeps Avalanche's training loop, hooks and
+plugin system, but:
+
+- batches are :class:`incad.data.sample.Batch` objects with named fields,
+  built by our ``collate`` in both dataloaders;
+- ``forward`` returns the learner's training outputs while training and its
+  raw anomaly maps while evaluating;
+- ``criterion`` is the sum of the learner's own loss terms; method-specific
+  terms are added by plugins (they add to ``strategy.loss``) and recorded in
+  ``loss_terms`` for logging.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from avalanche.core import BasePlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from incad.data.sample import Batch, collate
+from incad.learners.base import Learner
+
+
+class AnomalyDetectionTemplate(SupervisedTemplate):
+    """Continual training of a :class:`Learner` on normal samples, evaluation by anomaly maps."""
+
+    def __init__(
+        self,
+        *,
+        learner: Learner,
+        optimizer: torch.optim.Optimizer,
+        train_epochs: int,
+        train_mb_size: int,
+        eval_mb_size: int,
+        device: str | torch.device = "cpu",
+        plugins: Sequence[BasePlugin] | None = None,
+        grad_clip: float | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            model=learner,
+            optimizer=optimizer,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=list(plugins or []),
+            evaluator=EvaluationPlugin(loggers=[]),
+        )
+        self.grad_clip = grad_clip
+        self.num_workers = num_workers
+        self.loss_terms: dict[str, float] = {}
+
+    @property
+    def mb_x(self) -> Batch:
+        return self.mbatch
+
+    @property
+    def mb_y(self) -> Tensor:
+        """The object id: the only class-like target of anomaly detection on normal data."""
+        return self.mbatch.object_id
+
+    def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
+        self.dataloader = DataLoader(
+            self.adapted_dataset,
+            batch_size=self.train_mb_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+        )
+
+    def make_eval_dataloader(self, **kwargs) -> None:
+        self.dataloader = DataLoader(
+            self.adapted_dataset,
+            batch_size=self.eval_mb_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+        )
+
+    def _unpack_minibatch(self) -> None:
+        self.mbatch = self.mbatch.to(self.device)
+
+    def forward(self):
+        if self.is_training:
+            return self.model(self.mbatch)
+        return self.model.anomaly_map(self.mbatch)
+
+    def criterion(self) -> Tensor:
+        if not self.is_training:
+            return self._make_empty_loss()
+        terms = self.model.loss(self.mb_output, self.mbatch)
+        self.loss_terms = {name: float(value.detach()) for name, value in terms.items()}
+        return sum(terms.values())
+
+    def optimizer_step(self) -> None:
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        super().optimizer_step()
