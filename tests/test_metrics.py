@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -65,8 +67,6 @@ def test_image_auroc_perfect_and_inverted_is_not_flipped() -> None:
 
 
 def test_image_auroc_single_class_is_nan_without_warning() -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert math.isnan(image_auroc([0.1, 0.5, 0.9], [0, 0, 0]))
@@ -223,7 +223,7 @@ def test_aupro_accepts_torch_tensors() -> None:
         (lambda: forgetting_measure(np.zeros(3)), "matrix must be"),
     ],
 )
-def test_malformed_input_raises_a_clear_error(call, message: str) -> None:
+def test_malformed_input_raises_a_clear_error(call: Callable[[], float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
 

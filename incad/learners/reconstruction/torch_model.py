@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from incad.data.sample import Batch
 from incad.learners.base import Learner, LearnerOptions, modality_input
 from incad.learners.reconstruction.loss import reconstruction_loss
+from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.efficientnet import build_backbone
 from incad.models.layers import feature_jitter, sine_position_embedding_2d
 
@@ -35,6 +36,7 @@ class ReconstructionOptions(LearnerOptions):
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
     error_scale_momentum: float = 0.1
+    cache_features: bool = True
 
 
 class FeatureReconstructor(nn.Module):
@@ -81,13 +83,18 @@ class ReconstructionLearner(Learner):
         self.reconstructors = nn.ModuleDict(
             {m: FeatureReconstructor(self.backbone.out_channels, self.grid, options) for m in self.modalities}
         )
+        self.feature_cache = FeatureCache(self.backbone.forward_aligned) if options.cache_features else None
         self.register_buffer("error_scale", torch.ones(len(self.modalities)))
         self.register_buffer("error_scale_updates", torch.zeros((), dtype=torch.long))
 
     def features(self, batch: Batch, modality: str) -> Tensor:
         """Frozen aligned backbone features as tokens (B, L, C)."""
-        with torch.no_grad():
-            maps = self.backbone.forward_aligned(modality_input(batch, modality))
+        images = modality_input(batch, modality)
+        if self.feature_cache is not None:
+            maps = self.feature_cache(images, [f"{path}|{modality}" for path in batch.path])
+        else:
+            with torch.no_grad():
+                maps = self.backbone.forward_aligned(images)
         return maps.flatten(2).transpose(1, 2)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:

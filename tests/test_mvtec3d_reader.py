@@ -1,0 +1,99 @@
+"""The MVTec 3D-AD reader on real files (the cable_gland subset in ../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from incad.data.mvtec3d import MVTec3DDataset, depth_image, list_classes, list_records, load_xyz
+
+MINI_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/mvtec3d_mini"
+CLASS = "cable_gland"
+SIZE = 64
+
+pytestmark = pytest.mark.skipif(
+    not (MINI_ROOT / CLASS).is_dir(),
+    reason=f"the real MVTec 3D-AD subset is not at {MINI_ROOT} (it is shipped beside the project, not in it)",
+)
+
+
+@pytest.fixture(scope="module")
+def test_samples() -> list:
+    dataset = MVTec3DDataset(MINI_ROOT, [CLASS], "test", SIZE, {CLASS: 3})
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_lists_the_class() -> None:
+    assert list_classes(MINI_ROOT) == [CLASS]
+
+
+@pytest.mark.parametrize(("split", "count", "defective"), [("train", 20, 0), ("validation", 4, 0), ("test", 10, 8)])
+def test_record_counts_per_split(split: str, count: int, defective: int) -> None:
+    records = list_records(MINI_ROOT, CLASS, split)
+    assert len(records) == count
+    assert sum(record.label for record in records) == defective
+    for record in records:
+        assert record.xyz is not None and record.xyz.stem == record.rgb.stem
+        assert (record.gt is not None) == (split == "test")
+        assert record.label == (record.defect_type != "good")
+
+
+def test_test_split_has_the_defect_types() -> None:
+    types = {record.defect_type for record in list_records(MINI_ROOT, CLASS, "test")}
+    assert types == {"good", "bent", "cut", "hole", "thread"}
+
+
+def test_samples_are_resized_to_the_requested_size(test_samples: list) -> None:
+    for sample in test_samples:
+        assert sample.image.shape == (3, SIZE, SIZE) and sample.image.dtype == torch.float32
+        assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+        assert sample.mask.shape == (SIZE, SIZE)
+        assert sample.depth.shape == (1, SIZE, SIZE)
+        assert sample.xyz.shape == (3, SIZE, SIZE) and sample.xyz.dtype == torch.float32
+        assert sample.valid.shape == (SIZE, SIZE) and sample.valid.dtype == torch.bool
+        assert sample.object_id == 3
+
+
+def test_masks_mark_defects_only(test_samples: list) -> None:
+    for sample in test_samples:
+        assert set(sample.mask.unique().tolist()) <= {0.0, 1.0}
+        if sample.label == 1:
+            assert sample.mask.sum() > 0, sample.path
+        else:
+            assert sample.mask.sum() == 0, sample.path
+
+
+def test_raw_point_clouds_miss_about_40_percent_of_points() -> None:
+    for record in list_records(MINI_ROOT, CLASS, "train") + list_records(MINI_ROOT, CLASS, "test"):
+        points = load_xyz(record.xyz)
+        assert points.shape == (400, 400, 3) and points.dtype == np.float32
+        no_point = (points == 0).all(axis=-1).mean()
+        assert 0.3 <= no_point <= 0.5, (record.xyz, no_point)
+
+
+def test_depth_is_in_unit_range_and_zero_exactly_where_there_is_no_point(test_samples: list) -> None:
+    for sample in test_samples:
+        depth = sample.depth[0]
+        assert 0.0 <= depth.min() and depth.max() <= 1.0
+        assert torch.equal(depth == 0, ~sample.valid), sample.path
+        assert torch.equal(sample.valid, (sample.xyz != 0).any(dim=0))
+
+
+def test_depth_is_brighter_nearer_to_the_camera() -> None:
+    points = load_xyz(list_records(MINI_ROOT, CLASS, "train")[0].xyz)
+    valid = (points != 0).any(axis=-1)
+    depth = depth_image(points, valid)
+    assert depth.dtype == np.float32
+    z = points[..., 2][valid]
+    assert depth[valid][np.argmin(z)] == 1.0
+    assert np.corrcoef(z, depth[valid])[0, 1] < -0.9
+
+
+def test_rgb_only_loading_has_no_3d_fields() -> None:
+    dataset = MVTec3DDataset(MINI_ROOT, [CLASS], "validation", SIZE, {CLASS: 0}, load_xyz=False)
+    sample = dataset[0]
+    assert sample.depth is None and sample.xyz is None and sample.valid is None
+    assert dataset.object_ids_per_sample == [0] * 4
