@@ -57,10 +57,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from incad.config import parse_overrides
+    from incad.config import parse_overrides, set_dotted
     from incad.data.synthetic import SyntheticConfig, generate
 
-    settings = dict(parse_overrides(args.set))
+    settings: dict = {}
+    for key, value in parse_overrides(args.set):
+        set_dotted(settings, key, value)
     try:
         synthetic = SyntheticConfig.model_validate(settings)
     except Exception as exc:  # pydantic's message names the field

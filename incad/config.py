@@ -176,7 +176,7 @@ def _normalise_named_sections(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _set_dotted(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
     parts = dotted_key.split(".")
     node = raw
     for part in parts[:-1]:
@@ -231,7 +231,7 @@ def load_config(
     if strategy_file is not None:
         raw["strategy"] = read_yaml(Path(strategy_file))
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return validate_config(raw, source=str(path))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from incad.metrics import (
     aupro,
@@ -17,6 +18,7 @@ from incad.metrics import (
     forgetting_measure,
     image_auroc,
     pixel_auroc,
+    pixel_metrics,
 )
 
 
@@ -206,6 +208,81 @@ def test_aupro_accepts_torch_tensors() -> None:
     assert aupro(torch.from_numpy(HAND_MAP).float(), torch.from_numpy(HAND_MASK).bool()) == pytest.approx(expected)
 
 
+# ---------------------------------------------------------------- all pixel metrics from one sort
+
+
+def random_maps_with_ties(seed: int, decimals: int | None, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Blob masks and scores mildly related to them; rounding makes ties between and within classes."""
+    rng = np.random.default_rng(seed)
+    masks = random_blob_masks(rng, (3, 24, 24), seed_rate=0.01)
+    maps = rng.random(masks.shape) + 0.5 * masks * rng.random(masks.shape)
+    if decimals is not None:
+        maps = np.round(maps, decimals)
+    return maps.astype(dtype), masks
+
+
+# float32 scores are sorted as packed integer keys, float64 ones by argsort: check both.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decimals", [None, 1, 2])
+def test_pixel_metrics_match_sklearn_and_brute_force(dtype: type, decimals: int | None) -> None:
+    maps, masks = random_maps_with_ties(99 + (decimals or 0), decimals, dtype)
+    result = pixel_metrics(maps, masks)
+    assert list(result) == ["p_auroc", "aupro@0.3", "aupro@0.01"]
+    assert result["p_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    for fpr_limit in (0.3, 0.01):
+        expected = brute_force_aupro(maps, masks, fpr_limit)
+        assert result[f"aupro@{fpr_limit:g}"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wrappers_equal_pixel_metrics(dtype: type) -> None:
+    maps, masks = random_maps_with_ties(7, 2, dtype)
+    result = pixel_metrics(maps, masks, fpr_limits=(1.0, 0.05))
+    assert list(result) == ["p_auroc", "aupro@1", "aupro@0.05"]
+    assert pixel_auroc(maps, masks) == result["p_auroc"]
+    assert aupro(maps, masks, 1.0) == result["aupro@1"]
+    assert aupro(maps, masks, 0.05) == result["aupro@0.05"]
+
+
+def test_pixel_auroc_matches_sklearn_on_a_large_float32_stack() -> None:
+    rng = np.random.default_rng(8)
+    masks = random_blob_masks(rng, (20, 64, 64), seed_rate=0.004)
+    maps = np.round(rng.standard_normal(masks.shape) + masks, 2).astype(np.float32)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+
+
+def test_pixel_metrics_float32_signs_and_zeros() -> None:
+    # Negative, positive and both zeros: -0.0 == +0.0, so they tie (one curve point).
+    maps = np.array([[[-2.0, -0.0, 0.0, 1.5, -1e-30, 3.0e30, -0.0, 0.0]]], dtype=np.float32)
+    masks = np.array([[[0, 1, 0, 1, 0, 1, 0, 1]]])
+    for dtype in (np.float32, np.float64):
+        result = pixel_metrics(maps.astype(dtype), masks, fpr_limits=(1.0,))
+        assert result["p_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+        assert result["aupro@1"] == pytest.approx(brute_force_aupro(maps, masks, 1.0), abs=1e-12)
+
+
+def test_pixel_metrics_hand_worked_example() -> None:
+    result = pixel_metrics(HAND_MAP, HAND_MASK, fpr_limits=(0.3, 0.01, 1.0))
+    assert result["aupro@0.3"] == pytest.approx(61 / 90, abs=1e-12)
+    assert result["aupro@0.01"] == pytest.approx(2 / 3, abs=1e-12)
+    assert result["aupro@1"] == pytest.approx(43 / 48, abs=1e-12)
+    # Pairs of 4 defect x 8 normal pixels: each tied 0.3 pair counts 1/2.
+    assert result["p_auroc"] == pytest.approx(roc_auc_score(HAND_MASK.ravel(), HAND_MAP.ravel()), abs=1e-12)
+
+
+def test_pixel_metrics_without_defect_or_normal_pixel_is_all_nan() -> None:
+    maps = np.random.default_rng(4).random((2, 5, 5)).astype(np.float32)
+    for masks in (np.zeros((2, 5, 5)), np.ones((2, 5, 5))):
+        result = pixel_metrics(maps, masks)
+        assert list(result) == ["p_auroc", "aupro@0.3", "aupro@0.01"]
+        assert all(math.isnan(value) for value in result.values())
+
+
+def test_pixel_metrics_accepts_torch_tensors() -> None:
+    expected = pixel_metrics(HAND_MAP.astype(np.float32), HAND_MASK)
+    assert pixel_metrics(torch.from_numpy(HAND_MAP).float(), torch.from_numpy(HAND_MASK).bool()) == expected
+
+
 # ---------------------------------------------------------------- input checks
 
 
@@ -220,6 +297,8 @@ def test_aupro_accepts_torch_tensors() -> None:
         (lambda: image_auroc([0.1, 0.2], [0, 1, 1]), "same shape"),
         (lambda: pixel_auroc(np.zeros((1, 2, 2)), np.full((1, 2, 2), 0.5)), "masks must be binary"),
         (lambda: aupro(np.zeros((1, 2, 2)), np.eye(2)[None], fpr_limit=0.0), "fpr_limit"),
+        (lambda: pixel_metrics(np.zeros((1, 2, 2)), np.eye(2)[None], fpr_limits=(0.3, 1.5)), "fpr_limit"),
+        (lambda: pixel_metrics(np.zeros((2, 4, 4)), np.zeros((2, 4, 5))), "same shape"),
         (lambda: forgetting_measure(np.zeros(3)), "matrix must be"),
     ],
 )

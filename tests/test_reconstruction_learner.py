@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from incad.data.sample import collate
@@ -40,7 +41,7 @@ def test_gradients_reach_the_reconstructor_and_never_the_backbone(tiny_dataset):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_training_lowers_the_loss_and_sets_the_error_scale(tiny_dataset):
+def test_training_lowers_the_loss(tiny_dataset):
     torch.manual_seed(0)
     options = SMALL.model_copy(update={"dropout": 0.0})
     learner = ReconstructionLearner(options, modality="rgb+depth", num_objects=1, image_size=64)
@@ -55,4 +56,16 @@ def test_training_lowers_the_loss_and_sets_the_error_scale(tiny_dataset):
         optimizer.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.7 * first
-    assert torch.all(learner.error_scale != 1.0) and torch.all(learner.error_scale > 0)
+
+
+def test_calibration_sets_each_modality_scale_to_its_mean_clean_distance(tiny_dataset):
+    learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64).eval()
+    batches = [batch_of(tiny_dataset, n=3), batch_of(tiny_dataset, n=5)]
+    learner.calibrate(batches)
+    for index, modality in enumerate(("rgb", "depth")):
+        distances = torch.cat([learner._token_distance(learner(b), modality).flatten() for b in batches])
+        assert learner.error_scale[index].item() == pytest.approx(distances.mean().item(), rel=1e-5)
+    raw = torch.stack([learner._token_distance(learner(batches[0]), m) for m in ("rgb", "depth")])
+    fused = learner.anomaly_map(batches[0]).flatten(1)
+    expected = (raw / learner.error_scale[:, None, None]).amax(dim=0)
+    assert torch.allclose(fused, expected)

@@ -24,12 +24,13 @@ METRICS: dict[str, str] = {
 
 
 def evaluate_object(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """All metrics of one object's test set."""
+    """All metrics of one object's test set; the pixel metrics share one sort of the scores."""
+    pixel = metrics.pixel_metrics(maps, masks, fpr_limits=(0.3, 0.01))
     return {
         "i_auroc": metrics.image_auroc(scores, labels),
-        "p_auroc": metrics.pixel_auroc(maps, masks),
-        "aupro_30": metrics.aupro(maps, masks, fpr_limit=0.3),
-        "aupro_1": metrics.aupro(maps, masks, fpr_limit=0.01),
+        "p_auroc": pixel["p_auroc"],
+        "aupro_30": pixel["aupro@0.3"],
+        "aupro_1": pixel["aupro@0.01"],
     }
 
 

@@ -9,11 +9,15 @@ offline-fitted and mixed learners plug into the same continual loop:
 - ``anomaly_map(batch)`` returns a (B, h, w) map, higher = more anomalous, at
   any resolution; evaluation upsamples, smooths and scores it the same way for
   every learner;
+- ``calibrate(batches)`` fits whatever the learner estimates from normal data
+  without gradients (score scales, codebooks, memory banks); the template calls
+  it in eval mode on the experience's training data after the epochs;
 - ``Options`` is the pydantic schema of the learner's YAML options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -50,6 +54,9 @@ class Learner(nn.Module):
 
     def anomaly_map(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def calibrate(self, batches: Iterable[Batch]) -> None:
+        """Fit gradient-free statistics on normal training data; nothing by default."""
 
 
 def modality_input(batch: Batch, modality: str) -> Tensor:

@@ -8,6 +8,8 @@ plugin system, but:
   built by our ``collate`` in both dataloaders;
 - ``forward`` returns the learner's training outputs while training and its
   raw anomaly maps while evaluating;
+- after the epochs of each experience the learner's ``calibrate`` runs on that
+  experience's training data (the learner's gradient-free fitting stage);
 - ``criterion`` is the sum of the learner's own loss terms; method-specific
   terms are added by plugins (they add to ``strategy.loss``) and recorded in
   ``loss_terms`` for logging.
@@ -68,22 +70,31 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         return self.mbatch.object_id
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
-        self.dataloader = DataLoader(
+        self.dataloader = self._loader(self.train_mb_size, shuffle)
+
+    def make_eval_dataloader(self, **kwargs) -> None:
+        self.dataloader = self._loader(self.eval_mb_size, shuffle=False)
+
+    def _loader(self, batch_size: int, shuffle: bool) -> DataLoader:
+        """A plain loader whose batches are named-field :class:`Batch` objects."""
+        return DataLoader(
             self.adapted_dataset,
-            batch_size=self.train_mb_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate,
         )
 
-    def make_eval_dataloader(self, **kwargs) -> None:
-        self.dataloader = DataLoader(
-            self.adapted_dataset,
-            batch_size=self.eval_mb_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-        )
+    def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        super()._train_exp(experience, eval_streams, **kwargs)
+        self._calibrate_learner()
+
+    @torch.no_grad()
+    def _calibrate_learner(self) -> None:
+        """Let the learner fit its gradient-free statistics on this experience's data, in eval mode."""
+        self.model.eval()
+        self.model.calibrate(batch.to(self.device) for batch in self._loader(self.eval_mb_size, shuffle=False))
+        self.model.train()
 
     def _unpack_minibatch(self) -> None:
         self.mbatch = self.mbatch.to(self.device)

@@ -85,6 +85,8 @@ class MultiScaleFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.train(False)
+        # oneDNN's depthwise convolutions are about 1.5x faster on CPU in channels-last layout.
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> MultiScaleFeatures:
         """Stay in eval mode whatever is asked: the backbone is never trained."""
@@ -94,7 +96,8 @@ class MultiScaleFeatures(nn.Module):
         """One feature map per tap, (B, tap_channels[i], ~H/s_i, ~W/s_i)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name} expects (B, 3, H, W) RGB images, got {tuple(images.shape)}")
-        features = self.stem((images - self.mean) / self.std)
+        normalised = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        features = self.stem(normalised)
         taps = set(self.taps)
         outputs = []
         for index, block in enumerate(self.blocks):
