@@ -69,3 +69,15 @@ def test_calibration_sets_each_modality_scale_to_its_mean_clean_distance(tiny_da
     fused = learner.anomaly_map(batches[0]).flatten(1)
     expected = (raw / learner.error_scale[:, None, None]).amax(dim=0)
     assert torch.allclose(fused, expected)
+
+
+def test_cosine_map_ignores_feature_magnitude(tiny_dataset):
+    options = SMALL.model_copy(update={"map_distance": "cosine"})
+    learner = ReconstructionLearner(options, modality="rgb", num_objects=1, image_size=64).eval()
+    features = torch.randn(2, 16, learner.backbone.out_channels)
+    outputs = {"rgb/features": features, "rgb/reconstruction": 3.0 * features}
+    assert torch.allclose(learner._token_distance(outputs, "rgb"), torch.zeros(2, 16), atol=1e-6)
+    outputs["rgb/reconstruction"] = -features
+    assert torch.allclose(learner._token_distance(outputs, "rgb"), torch.full((2, 16), 2.0), atol=1e-6)
+    l2 = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
+    assert torch.allclose(l2._token_distance(outputs, "rgb"), 2 * features.norm(dim=-1))

@@ -4,7 +4,10 @@ Frozen multi-scale EfficientNet features are aligned to one stride-16 grid;
 during training they are perturbed by feature jitter and a transformer
 encoder-decoder with learned queries reconstructs the clean features. At test
 time the per-token distance between features and reconstruction is the
-anomaly map. One reconstruction branch per modality; for ``rgb+depth`` each
+anomaly map: L2 as in UniAD/IUF by default, or ``map_distance: cosine``, which
+ignores the feature-magnitude variation of normal textures and scored higher
+image AUROC on the synthetic set after short CPU training (mean I-AUROC 0.83
+vs 0.74 with L2, jitter scale 5, 15 epochs, 3 classes). One reconstruction branch per modality; for ``rgb+depth`` each
 distance map is divided by its mean distance on the clean (unjittered) normal
 training tokens of the last experience (``calibrate``)
 and the fused map is their pixel-wise maximum: a defect that shows in one
@@ -16,8 +19,10 @@ I-AUROC 0.69/0.81/0.55 with max vs 0.59/0.67/0.46 with sum, 3 classes).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
@@ -42,6 +47,7 @@ class ReconstructionOptions(LearnerOptions):
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
     cache_features: bool = True
+    map_distance: Literal["l2", "cosine"] = "l2"
 
 
 class FeatureReconstructor(nn.Module):
@@ -124,9 +130,12 @@ class ReconstructionLearner(Learner):
         ]
         return torch.stack(normalised).amax(dim=0).reshape(len(batch), *self.grid)
 
-    @staticmethod
-    def _token_distance(outputs: dict[str, Tensor], modality: str) -> Tensor:
-        return (outputs[f"{modality}/features"] - outputs[f"{modality}/reconstruction"]).norm(dim=-1)
+    def _token_distance(self, outputs: dict[str, Tensor], modality: str) -> Tensor:
+        """Per-token distance (B, L) between features and reconstruction: L2 (UniAD) or 1 - cosine."""
+        features, reconstruction = outputs[f"{modality}/features"], outputs[f"{modality}/reconstruction"]
+        if self.options.map_distance == "cosine":
+            return 1.0 - F.cosine_similarity(features, reconstruction, dim=-1)
+        return (features - reconstruction).norm(dim=-1)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch]) -> None:
