@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_third_party_noise() -> None:
+    """Warnings that say nothing to an incad user (optional solvers of a dependency, Avalanche's logger default)."""
+    warnings.filterwarnings("ignore", message="no QP solver found")
+    warnings.filterwarnings("ignore", message="No loggers specified")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _silence_third_party_noise()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

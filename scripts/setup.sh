@@ -17,7 +17,7 @@ fi
 [ -n "$python_bin" ] || { echo "setup: Python >= 3.11 not found; install it or set PYTHON=/path/to/python3.11" >&2; exit 1; }
 
 # open3d's wheels link libusb-1.0; install the Debian package when it is missing.
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+if ! "$python_bin" -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('usb-1.0') is None)"; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo_cmd="sudo"
     echo "setup: installing libusb-1.0-0 (needed by open3d)"

@@ -18,7 +18,7 @@ I-AUROC 0.69/0.81/0.55 with max vs 0.59/0.67/0.46 with sum, 3 classes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -73,10 +73,25 @@ class FeatureReconstructor(nn.Module):
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.output_projection = nn.Linear(dim, in_channels)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def decode(self, tokens: Tensor, injections: Sequence[Tensor] = ()) -> list[Tensor]:
+        """Hidden states (B, L, hidden_dim) after every decoder layer.
+
+        ``injections[k]``, if given, is added to the decoder's running state
+        before layer ``k``: the hook through which IB-IUMAD's Mamba decoder
+        outputs assist the reconstruction.
+        """
         memory = self.encoder(self.input_projection(tokens) + self.position)
-        queries = (self.queries + self.position).expand(tokens.shape[0], -1, -1)
-        return self.output_projection(self.decoder(queries, memory))
+        hidden = (self.queries + self.position).expand(tokens.shape[0], -1, -1)
+        states = []
+        for index, layer in enumerate(self.decoder.layers):
+            if index < len(injections):
+                hidden = hidden + injections[index]
+            hidden = layer(hidden, memory)
+            states.append(hidden)
+        return states
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.output_projection(self.decode(tokens)[-1])
 
 
 class ReconstructionLearner(Learner):
