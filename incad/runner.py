@@ -85,7 +85,7 @@ def build_strategy(config: RunConfig, learner: Learner, extra_plugins: list, dev
         train_mb_size=training.batch_size,
         eval_mb_size=config.evaluation.batch_size,
         device=device,
-        plugins=[*strategy_class.plugins(options), *extra_plugins],
+        plugins=[*strategy_class.plugins(options), *learner.plugins(), *extra_plugins],
         grad_clip=training.grad_clip,
         num_workers=training.num_workers,
     )

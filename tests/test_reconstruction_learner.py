@@ -63,9 +63,10 @@ def test_calibration_sets_each_modality_scale_to_its_mean_clean_distance(tiny_da
     batches = [batch_of(tiny_dataset, n=3), batch_of(tiny_dataset, n=5)]
     learner.calibrate(batches)
     for index, modality in enumerate(("rgb", "depth")):
-        distances = torch.cat([learner._token_distance(learner(b), modality).flatten() for b in batches])
+        distances = torch.cat([learner.token_distance(*learner.compared_features(learner(b))[modality]).flatten() for b in batches])
         assert learner.error_scale[index].item() == pytest.approx(distances.mean().item(), rel=1e-5)
-    raw = torch.stack([learner._token_distance(learner(batches[0]), m) for m in ("rgb", "depth")])
+    pairs = learner.compared_features(learner(batches[0]))
+    raw = torch.stack([learner.token_distance(*pairs[m]) for m in ("rgb", "depth")])
     fused = learner.anomaly_map(batches[0]).flatten(1)
     expected = (raw / learner.error_scale[:, None, None]).amax(dim=0)
     assert torch.allclose(fused, expected)
@@ -75,9 +76,7 @@ def test_cosine_map_ignores_feature_magnitude(tiny_dataset):
     options = SMALL.model_copy(update={"map_distance": "cosine"})
     learner = ReconstructionLearner(options, modality="rgb", num_objects=1, image_size=64).eval()
     features = torch.randn(2, 16, learner.backbone.out_channels)
-    outputs = {"rgb/features": features, "rgb/reconstruction": 3.0 * features}
-    assert torch.allclose(learner._token_distance(outputs, "rgb"), torch.zeros(2, 16), atol=1e-6)
-    outputs["rgb/reconstruction"] = -features
-    assert torch.allclose(learner._token_distance(outputs, "rgb"), torch.full((2, 16), 2.0), atol=1e-6)
+    assert torch.allclose(learner.token_distance(features, 3.0 * features), torch.zeros(2, 16), atol=1e-6)
+    assert torch.allclose(learner.token_distance(features, -features), torch.full((2, 16), 2.0), atol=1e-6)
     l2 = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
-    assert torch.allclose(l2._token_distance(outputs, "rgb"), 2 * features.norm(dim=-1))
+    assert torch.allclose(l2.token_distance(features, -features), 2 * features.norm(dim=-1))

@@ -12,6 +12,9 @@ offline-fitted and mixed learners plug into the same continual loop:
 - ``calibrate(batches)`` fits whatever the learner estimates from normal data
   without gradients (score scales, codebooks, memory banks); the template calls
   it in eval mode on the experience's training data after the epochs;
+- ``plugins()`` returns the Avalanche plugins of the method's extra loss
+  terms, so a YAML switches them on, off or reweights them through the
+  learner's options and they compose with any strategy;
 - ``Options`` is the pydantic schema of the learner's YAML options.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
+from avalanche.core import SupervisedPlugin
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -57,6 +61,10 @@ class Learner(nn.Module):
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Fit gradient-free statistics on normal training data; nothing by default."""
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        """The Avalanche plugins that add this learner's method-specific loss terms; none by default."""
+        return []
 
 
 def modality_input(batch: Batch, modality: str) -> Tensor:

@@ -36,19 +36,21 @@ def information_bottleneck_loss(fused_logits: Tensor, bottlenecked_logits: Tenso
     )
 
 
-def fusion_loss(original_rgb_features: Tensor, bottlenecked: Tensor) -> Tensor:
-    """Eq. 9: (1 / (W*H)) * ||F_org^RGB - F^g||_2^2 for (B, L, C) tokens with L = W*H.
+def fusion_loss(original_features: Tensor, bottlenecked: Tensor) -> Tensor:
+    """Eq. 9, ||F_org - F^g||_2^2 / (W*H), averaged over channels as well.
 
-    The squared error is summed over channels and averaged over the L tokens
-    and the batch, i.e. C times ``F.mse_loss``; the shapes must match exactly
-    so broadcasting cannot hide a layout mistake.
+    Eq. 9 sums the squared error over channels; with unnormalised EfficientNet
+    features that makes the fusion term about C (~176) times every other term of
+    eq. 10, so with the paper's lambdas of 1 it drowns the classifier and IB
+    terms. Averaging over channels too (plain MSE) keeps lambda = 1 balanced. The
+    shapes must match exactly so broadcasting cannot hide a layout mistake.
     """
-    if original_rgb_features.shape != bottlenecked.shape:
+    if original_features.shape != bottlenecked.shape:
         raise ValueError(
-            f"fusion_loss needs equal shapes, got {tuple(original_rgb_features.shape)} "
+            f"fusion_loss needs equal shapes, got {tuple(original_features.shape)} "
             f"and {tuple(bottlenecked.shape)}"
         )
-    return (original_rgb_features - bottlenecked).pow(2).sum(dim=-1).mean()
+    return F.mse_loss(bottlenecked, original_features)
 
 
 def rgb_classifier_term(outputs: dict[str, Tensor], batch: Batch) -> Tensor:

@@ -137,17 +137,17 @@ class ReconstructionLearner(Learner):
             for m in self.modalities
         }
 
+    def compared_features(self, outputs: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per modality, the (features, reconstruction) pair whose distance is the anomaly map."""
+        return {m: (outputs[f"{m}/features"], outputs[f"{m}/reconstruction"]) for m in self.modalities}
+
     def anomaly_map(self, batch: Batch) -> Tensor:
-        outputs = self.forward(batch)
-        normalised = [
-            self._token_distance(outputs, modality) / self.error_scale[index]
-            for index, modality in enumerate(self.modalities)
-        ]
+        pairs = self.compared_features(self.forward(batch))
+        normalised = [self.token_distance(*pairs[m]) / self.error_scale[i] for i, m in enumerate(self.modalities)]
         return torch.stack(normalised).amax(dim=0).reshape(len(batch), *self.grid)
 
-    def _token_distance(self, outputs: dict[str, Tensor], modality: str) -> Tensor:
-        """Per-token distance (B, L) between features and reconstruction: L2 (UniAD) or 1 - cosine."""
-        features, reconstruction = outputs[f"{modality}/features"], outputs[f"{modality}/reconstruction"]
+    def token_distance(self, features: Tensor, reconstruction: Tensor) -> Tensor:
+        """Per-token distance (B, L): L2 (UniAD) or 1 - cosine, as the options say."""
         if self.options.map_distance == "cosine":
             return 1.0 - F.cosine_similarity(features, reconstruction, dim=-1)
         return (features - reconstruction).norm(dim=-1)
@@ -158,9 +158,9 @@ class ReconstructionLearner(Learner):
         totals = torch.zeros(len(self.modalities), device=self.error_scale.device)
         tokens = 0
         for batch in batches:
-            outputs = self.forward(batch)
+            pairs = self.compared_features(self.forward(batch))
             for index, modality in enumerate(self.modalities):
-                totals[index] += self._token_distance(outputs, modality).sum()
+                totals[index] += self.token_distance(*pairs[modality]).sum()
             tokens += len(batch) * self.grid[0] * self.grid[1]
         if tokens:
             self.error_scale.copy_((totals / tokens).clamp_min(1e-8))

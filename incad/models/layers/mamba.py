@@ -52,7 +52,7 @@ def es2d_scan(x: Tensor, scan_fn: Callable[[Tensor], Tensor]) -> Tensor:
             sub_grid = sub_grid.transpose(2, 3)
         sequences.append(sub_grid.flatten(2))
     scanned = scan_fn(torch.cat(sequences, dim=1))
-    scanned = scanned.view(batch, NUM_DIRECTIONS, channels, -1)
+    scanned = scanned.reshape(batch, NUM_DIRECTIONS, channels, -1)
 
     # Rebuild the padded grid as (B, C, sub_h, row offset, sub_w, column offset).
     sub_grids: dict[tuple[int, int], Tensor] = {}

@@ -1,0 +1,152 @@
+"""The pure-PyTorch selective scan against the token-by-token recurrence, and its dispatch."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from incad.ops import selective_scan, selective_scan_reference
+
+# The package exports a function of the same name, so the attribute incad.ops.selective_scan is not the module.
+selective_scan_module = importlib.import_module("incad.ops.selective_scan")
+
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def random_inputs(
+    batch: int = 2,
+    dim: int = 4,
+    state_size: int = 3,
+    length: int = 37,
+    groups: int | None = None,
+    with_D: bool = True,
+    with_z: bool = True,
+    with_delta_bias: bool = True,
+    delta_softplus: bool = True,
+    mixed_sign_A: bool = False,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> dict:
+    """Keyword arguments of selective_scan; ``groups=None`` gives 3-D B and C (batch, N, L)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=dtype)
+
+    bc_shape = (batch, state_size, length) if groups is None else (batch, groups, state_size, length)
+    # Without softplus delta must already be a step size (positive), as in Mamba.
+    delta = randn(batch, dim, length) if delta_softplus else 0.5 * torch.rand(batch, dim, length, generator=generator, dtype=dtype)
+    return {
+        "u": randn(batch, dim, length),
+        "delta": delta,
+        "A": randn(dim, state_size) if mixed_sign_A else -torch.exp(randn(dim, state_size)),
+        "B": randn(*bc_shape),
+        "C": randn(*bc_shape),
+        "D": randn(dim) if with_D else None,
+        "z": randn(batch, dim, length) if with_z else None,
+        "delta_bias": 0.5 * randn(dim) if with_delta_bias else None,
+        "delta_softplus": delta_softplus,
+    }
+
+
+def output_and_grads(scan, inputs: dict, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """y and the gradients of a random projection of y with respect to every tensor input."""
+    inputs = {k: v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    y = scan(**inputs, **kwargs)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
+    tensors = [inputs[name] for name in INPUT_NAMES if inputs[name] is not None]
+    return y, list(torch.autograd.grad((y * weights).sum(), tensors))
+
+
+CASES = {
+    "L not a multiple of the chunk": ({"length": 37}, 8),
+    "L shorter than the chunk": ({"length": 5}, 64),
+    "L a multiple of the chunk": ({"length": 32}, 16),
+    "grouped B/C, one group": ({"groups": 1}, 16),
+    "grouped B/C, two groups": ({"groups": 2}, 16),
+    "no D, no z, no bias": ({"with_D": False, "with_z": False, "with_delta_bias": False}, 16),
+    "no softplus, no bias": ({"delta_softplus": False, "with_delta_bias": False}, 16),
+    "no softplus, bias": ({"delta_softplus": False, "groups": 2, "with_z": False}, 8),
+    "A of both signs": ({"mixed_sign_A": True, "length": 20}, 8),
+    "chunk of one token": ({"length": 6}, 1),
+}
+
+
+@pytest.mark.parametrize(("settings", "chunk_size"), CASES.values(), ids=CASES.keys())
+def test_matches_reference_forward_and_gradients(settings: dict, chunk_size: int) -> None:
+    inputs = random_inputs(**settings)
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=chunk_size)
+    y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the path without checkpointing
+        torch.testing.assert_close(selective_scan(**inputs, chunk_size=chunk_size), y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_keeps_dtype_and_matches_float64() -> None:
+    inputs64 = random_inputs(groups=2, length=50)
+    inputs32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in inputs64.items()}
+    y = selective_scan(**inputs32, chunk_size=16)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), selective_scan_reference(**inputs64), rtol=1e-4, atol=1e-4)
+
+
+def test_reference_matches_hand_computed_two_steps() -> None:
+    u, delta, A, B, C, D, z, bias = (torch.tensor(v, dtype=torch.float64) for v in (0.7, 0.3, -1.5, 2.0, -0.4, 0.25, 0.9, 0.1))
+    step = F.softplus(delta + bias)
+    h1 = step * B * u
+    h2 = torch.exp(step * A) * h1 + step * B * u
+    expected = torch.stack([C * h1 + D * u, C * h2 + D * u]) * F.silu(z)
+    y = selective_scan_reference(
+        u.expand(1, 1, 2), delta.expand(1, 1, 2), A.view(1, 1), B.expand(1, 1, 2), C.expand(1, 1, 2),
+        D.view(1), z.expand(1, 1, 2), bias.view(1), delta_softplus=True,
+    )
+    torch.testing.assert_close(y.flatten(), expected)
+
+
+def test_large_decays_stay_finite() -> None:
+    """delta * |A| up to 1e5: exp of the masked pairs would overflow if taken before masking."""
+    inputs = random_inputs(length=70, groups=2, delta_softplus=False, with_delta_bias=False, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(2)
+    inputs["delta"] = 10 ** (3 * torch.rand(inputs["delta"].shape, generator=generator) - 1)  # 0.1 .. 100
+    inputs["A"] = -(10 ** (3 * torch.rand(inputs["A"].shape, generator=generator)))  # -1 .. -1000
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=32)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+    y_ref = selective_scan_reference(**inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
+
+
+def test_groups_must_divide_dim() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        selective_scan(**random_inputs(dim=5, groups=2))
+
+
+def test_cpu_uses_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel_calls = []
+    monkeypatch.setattr(selective_scan_module, "_cuda_kernel", lambda: lambda *args: kernel_calls.append(args))
+    inputs = random_inputs(dtype=torch.float32)
+    y = selective_scan(**inputs)
+    assert not kernel_calls
+    torch.testing.assert_close(y, selective_scan_reference(**inputs), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_kernel_matches_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = selective_scan_module._cuda_kernel()
+    if kernel is None:
+        pytest.skip("mamba-ssm's kernel does not import")
+    kernel_calls = []
+    monkeypatch.setattr(selective_scan_module, "_cuda_kernel", lambda: lambda *args: kernel_calls.append(1) or kernel(*args))
+    cpu_inputs = random_inputs(batch=2, dim=64, state_size=16, length=300, groups=2, dtype=torch.float32)
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
+    y_kernel, grads_kernel = output_and_grads(selective_scan, inputs)
+    assert kernel_calls
+    monkeypatch.setattr(selective_scan_module, "_cuda_kernel", lambda: None)
+    y_pure, grads_pure = output_and_grads(selective_scan, inputs)
+    torch.testing.assert_close(y_kernel, y_pure, rtol=1e-3, atol=1e-4 * y_pure.abs().max().item())
+    for grad_kernel, grad_pure in zip(grads_kernel, grads_pure, strict=True):
+        torch.testing.assert_close(grad_kernel, grad_pure, rtol=1e-3, atol=1e-4 * grad_pure.abs().max().item())
