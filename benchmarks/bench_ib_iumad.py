@@ -6,7 +6,7 @@ I-AUROC / P-AUROC / AUPRO@0.3, FM of I-AUROC, training time, inference
 images/s (rgb+depth, 224x224, CPU, feature cache off) and peak memory of a
 forward pass.
 
-    .venv/bin/python benchmarks/bench_ib_iumad.py [--epochs 15]
+    .venv/bin/python benchmarks/bench_ib_iumad.py [--epochs 15] [--set dataset.image_size=128 ...]
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ def inference_images_per_second(config) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every run, e.g. dataset.image_size=128")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
         for label, overrides in RUNS.items():
             sets = [f"{k}={v}" for k, v in overrides.items()] + [
-                f"training.epochs={args.epochs}", f"output_dir={scratch}/out", "tracking.enabled=false",
+                f"training.epochs={args.epochs}", f"output_dir={scratch}/out", "tracking.enabled=false", *args.set,
             ]
             config = load_config(REPO_ROOT / "experiments" / "quickstart.yaml", overrides=sets)
             result = run_experiment(config, show_progress=False)

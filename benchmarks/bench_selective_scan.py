@@ -3,7 +3,7 @@
 The chunked scan exists so Mamba decoders run without CUDA; this shows what it costs
 against the plain loop it replaces (batch 2, dim 64, N 16, where the loop is feasible)
 and at training size (batch 16, dim 256, N 16), with peak memory.
-Run: ``python benchmarks/bench_selective_scan.py [--threads 1] [--chunk-size 64]``.
+Run: ``python benchmarks/bench_selective_scan.py [--threads 1] [--chunk-size 8]``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import os
 import resource
 import statistics
 import time
@@ -43,8 +44,8 @@ def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dic
     }
 
 
-def run_once(scan_name: str, inputs: dict, backward: bool, chunk_size: int) -> None:
-    kwargs = {"chunk_size": chunk_size} if scan_name == "chunked" else {}
+def run_once(scan_name: str, inputs: dict, backward: bool, chunk_size: int | None) -> None:
+    kwargs = {"chunk_size": chunk_size} if scan_name == "chunked" and chunk_size else {}
     if backward:
         SCANS[scan_name](**inputs, **kwargs).sum().backward()
     else:
@@ -53,7 +54,13 @@ def run_once(scan_name: str, inputs: dict, backward: bool, chunk_size: int) -> N
 
 
 def measure(
-    scan_name: str, shape: tuple[int, int, int, int], backward: bool, chunk_size: int, threads: int, repeats: int, budget_s: float
+    scan_name: str,
+    shape: tuple[int, int, int, int],
+    backward: bool,
+    chunk_size: int | None,
+    threads: int,
+    repeats: int,
+    budget_s: float,
 ) -> tuple[float, float]:
     """Median seconds per call after the first (unless that one spent the budget) and peak extra MiB.
 
@@ -76,23 +83,31 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: selective_scan's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a measurement after this long")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     args = parser.parse_args()
     settings = (args.chunk_size, args.threads, args.repeats, args.budget_s)
-    print(f"torch {torch.__version__}, {args.threads} threads, chunk_size {args.chunk_size}, float32, median seconds per call")
+    chunk = args.chunk_size or "default"
+    print(f"torch {torch.__version__}, {args.threads} threads, chunk_size {chunk}, float32, median seconds per call")
+    # A fixed mmap threshold in the measuring processes: with glibc's dynamic one, freed chunk
+    # tensors stay in a fragmented heap and the peak resident set grows with L (up to 2x here),
+    # which measures the allocator, not the scan. Spawned processes read it at start.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
 
     def in_fresh_process(scan_name: str, shape: tuple[int, int, int, int], backward: bool) -> tuple[float, float]:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             return pool.submit(measure, scan_name, shape, backward, *settings).result()
 
-    print("\nbatch 2, dim 64, N 16       forward: chunked / reference        forward+backward: chunked / reference")
+    print("\nbatch 2, dim 64, N 16 (xR: chunked time / reference time)")
+    print("           forward: chunked / reference        forward+backward: chunked / reference")
     for length in args.lengths:
         shape = (2, 64, 16, length)
-        row = [in_fresh_process(name, shape, backward)[0] for backward in (False, True) for name in ("chunked", "reference")]
+        row = [
+            in_fresh_process(name, shape, backward)[0] for backward in (False, True) for name in ("chunked", "reference")
+        ]
         print(
             f"L {length:5d}  {row[0]:20.3f} / {row[1]:.3f} (x{row[0] / row[1]:.1f})"
             f"      {row[2]:20.3f} / {row[3]:.3f} (x{row[2] / row[3]:.1f})"

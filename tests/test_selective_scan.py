@@ -38,7 +38,10 @@ def random_inputs(
 
     bc_shape = (batch, state_size, length) if groups is None else (batch, groups, state_size, length)
     # Without softplus delta must already be a step size (positive), as in Mamba.
-    delta = randn(batch, dim, length) if delta_softplus else 0.5 * torch.rand(batch, dim, length, generator=generator, dtype=dtype)
+    if delta_softplus:
+        delta = randn(batch, dim, length)
+    else:
+        delta = 0.5 * torch.rand(batch, dim, length, generator=generator, dtype=dtype)
     return {
         "u": randn(batch, dim, length),
         "delta": delta,
@@ -96,7 +99,8 @@ def test_float32_keeps_dtype_and_matches_float64() -> None:
 
 
 def test_reference_matches_hand_computed_two_steps() -> None:
-    u, delta, A, B, C, D, z, bias = (torch.tensor(v, dtype=torch.float64) for v in (0.7, 0.3, -1.5, 2.0, -0.4, 0.25, 0.9, 0.1))
+    values = (0.7, 0.3, -1.5, 2.0, -0.4, 0.25, 0.9, 0.1)
+    u, delta, A, B, C, D, z, bias = (torch.tensor(v, dtype=torch.float64) for v in values)
     step = F.softplus(delta + bias)
     h1 = step * B * u
     h2 = torch.exp(step * A) * h1 + step * B * u
@@ -140,7 +144,12 @@ def test_cuda_kernel_matches_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
     if kernel is None:
         pytest.skip("mamba-ssm's kernel does not import")
     kernel_calls = []
-    monkeypatch.setattr(selective_scan_module, "_cuda_kernel", lambda: lambda *args: kernel_calls.append(1) or kernel(*args))
+
+    def counted_kernel(*args: object) -> torch.Tensor:
+        kernel_calls.append(args)
+        return kernel(*args)
+
+    monkeypatch.setattr(selective_scan_module, "_cuda_kernel", lambda: counted_kernel)
     cpu_inputs = random_inputs(batch=2, dim=64, state_size=16, length=300, groups=2, dtype=torch.float32)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
     y_kernel, grads_kernel = output_and_grads(selective_scan, inputs)

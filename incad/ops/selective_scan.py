@@ -39,7 +39,7 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 8,
 ) -> Tensor:
     """mamba-ssm's ``selective_scan_fn`` on any device.
 
@@ -54,7 +54,9 @@ def selective_scan(
 
     CUDA tensors of a dtype the kernel takes go to mamba-ssm's kernel when it imports; the rest
     to the chunked scan (see ``_chunked_scan`` for its cost and memory). ``chunk_size`` only
-    affects the chunked scan.
+    affects the chunked scan: work and memory grow with it, and 8 was fastest on one CPU thread
+    from L 49 to 3136 (16 up to 2x and 64 3-7x slower; see
+    ``benchmarks/bench_selective_scan.py``).
     """
     kernel = _cuda_kernel() if u.is_cuda else None
     if kernel is not None and u.dtype in _KERNEL_INPUT_DTYPES and A.dtype == torch.float32:
@@ -62,9 +64,8 @@ def selective_scan(
     compute_dtype = torch.promote_types(u.dtype, torch.float32)
     delta = _effective_delta(delta.to(compute_dtype), delta_bias, delta_softplus)
     u_compute = u.to(compute_dtype)
-    y = _chunked_scan(
-        u_compute, delta, A.to(compute_dtype), _grouped(B).to(compute_dtype), _grouped(C).to(compute_dtype), chunk_size
-    )
+    B, C = _grouped(B).to(compute_dtype), _grouped(C).to(compute_dtype)
+    y = _chunked_scan(u_compute, delta, A.to(compute_dtype), B, C, chunk_size)
     return _skip_and_gate(y, u_compute, D, z).to(u.dtype)
 
 
@@ -86,10 +87,11 @@ def selective_scan_reference(
     B_per_channel, C_per_channel = (_per_channel(M, u.shape[1]).to(compute_dtype) for M in (B, C))
     state = u_compute.new_zeros(*u.shape[:2], A.shape[1])
     outputs = []
-    for t in range(u.shape[-1]):
-        drive = (delta[..., t] * u_compute[..., t])[..., None] * B_per_channel[..., t]
-        state = torch.exp(delta[..., t, None] * A) * state + drive
-        outputs.append((state * C_per_channel[..., t]).sum(-1))
+    # unbind, not [..., t]: the backward of each index would allocate a full-length gradient (O(L^2)).
+    steps = zip(*(x.unbind(-1) for x in (delta, u_compute, B_per_channel, C_per_channel)))
+    for delta_t, u_t, B_t, C_t in steps:
+        state = torch.exp(delta_t[..., None] * A) * state + (delta_t * u_t)[..., None] * B_t
+        outputs.append((state * C_t).sum(-1))
     return _skip_and_gate(torch.stack(outputs, dim=-1), u_compute, D, z).to(u.dtype)
 
 
@@ -128,10 +130,11 @@ def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     Cost and memory: the pairwise decays take batch*dim*N*T*T values per chunk, so the work
     is T times that of the token-by-token recurrence (an exp per pair). Forward peak memory is
     about one such tensor: 4 bytes * batch*dim*N*T^2 in float32, 1.07 GB at batch 16, dim 256,
-    N 16, T 64 (67 MB at T 16). When gradients are needed each chunk is checkpointed, so the
-    graph keeps only chunk inputs and carried states (batch*dim*N*L/T values) and backward
-    recomputes one chunk at a time, peaking at about three such tensors; without
-    checkpointing every chunk's decays would be kept (52 GB for that case at L 3136).
+    N 16, T 64, 17 MB at T 8. When gradients are needed each chunk is checkpointed, so the
+    graph keeps only chunk inputs and carried states (batch*dim*N*L/T values, 105 MB for that
+    case at T 8, L 3136) and backward recomputes one chunk at a time, peaking at about three
+    pairwise tensors; without checkpointing every chunk's decays would be kept
+    (4 bytes * batch*dim*N*T*L: 6.6 GB at T 8, 52 GB at T 64).
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
@@ -155,7 +158,9 @@ def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     return torch.cat(outputs, dim=-1).reshape(batch, dim, length)
 
 
-def _scan_chunk(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state_in: Tensor) -> tuple[Tensor, Tensor]:
+def _scan_chunk(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state_in: Tensor
+) -> tuple[Tensor, Tensor]:
     """Outputs (batch, groups, channels, T) and end state of one chunk, from the state before it.
 
     Uses the segment-sum form: with ``cum_i`` the log-decay from the chunk start to token i,
@@ -166,7 +171,8 @@ def _scan_chunk(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state
     log_decay = (delta[..., None, :] * A[..., None]).cumsum(-1)  # (b, g, c, N, T)
     future = torch.ones(length, length, dtype=torch.bool, device=u.device).triu(1)
     # In place: neither masked_fill_ nor exp_ needs the values it overwrites for backward.
-    pairwise_decay = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill_(future, float("-inf")).exp_()
+    pairwise_log_decay = log_decay[..., :, None] - log_decay[..., None, :]  # [i, j] = cum_i - cum_j
+    pairwise_decay = pairwise_log_decay.masked_fill_(future, float("-inf")).exp_()
     drive = (delta * u)[..., None, :] * B[:, :, None]  # delta_j * B_j * u_j, (b, g, c, N, T)
     states = (pairwise_decay @ drive[..., None]).squeeze(-1) + log_decay.exp() * state_in[..., None]
     y = torch.einsum("bgcnt,bgnt->bgct", states, C)
