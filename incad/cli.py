@@ -58,6 +58,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from incad.config import parse_overrides, set_dotted
     from incad.data.synthetic import SyntheticConfig, generate
 
@@ -66,7 +68,7 @@ def _synth(args: argparse.Namespace) -> int:
         set_dotted(settings, key, value)
     try:
         synthetic = SyntheticConfig.model_validate(settings)
-    except Exception as exc:  # pydantic's message names the field
+    except ValidationError as exc:  # pydantic's message names the field
         raise IncadError(f"incad data synth --set: {exc}") from None
     root = generate(synthetic, Path(args.out))
     print(f"Synthetic dataset written to {root}")

@@ -8,6 +8,7 @@ import torch
 from incad.config import validate_config
 from incad.data.mvtec3d import MVTec3DDataset
 from incad.data.sample import collate
+from incad.errors import ConfigError
 from incad.learners.ib_iumad import IBIUMADLearner, IBIUMADOptions
 from incad.plugins import LossTermPlugin
 
@@ -123,5 +124,5 @@ def test_registered_and_configurable_by_name(tiny_run_config):
     config = validate_config(tiny_run_config)
     assert config.learner.name == "ib_iumad"
     tiny_run_config["learner"]["fusion"] = "sum"
-    with pytest.raises(Exception, match="learner.fusion"):
+    with pytest.raises(ConfigError, match="learner.fusion"):
         validate_config(tiny_run_config)

@@ -58,7 +58,7 @@ from incad.learners.ib_iumad.loss import (
 )
 from incad.learners.reconstruction.loss import reconstruction_loss
 from incad.learners.reconstruction.torch_model import ReconstructionLearner, ReconstructionOptions
-from incad.models.layers import LabelClassifier, MambaDecoder, feature_jitter
+from incad.models.layers import LabelClassifier, MambaDecoder
 from incad.plugins import LossTermPlugin
 
 CLASSIFIER_TERMS = {"rgb": rgb_classifier_term, "depth": depth_classifier_term}
@@ -119,8 +119,7 @@ class IBIUMADLearner(ReconstructionLearner):
         outputs: dict[str, Tensor] = {}
         states: dict[str, list[Tensor]] = {}
         for modality in self.modalities:
-            clean = self.features(batch, modality)
-            noisy = feature_jitter(clean, self.options.jitter_scale, self.options.jitter_prob) if self.training else clean
+            clean, noisy = self.clean_and_jittered(batch, modality)
             injections: list[Tensor] = []
             if self.options.mamba:
                 injections = self.mamba_decoders[modality](self.mamba_inputs[modality](noisy))

@@ -122,11 +122,17 @@ class ReconstructionLearner(Learner):
                 maps = self.backbone.forward_aligned(images)
         return maps.flatten(2).transpose(1, 2)
 
+    def clean_and_jittered(self, batch: Batch, modality: str) -> tuple[Tensor, Tensor]:
+        """The reconstruction target and the network input: jittered while training, clean otherwise."""
+        clean = self.features(batch, modality)
+        if not self.training:
+            return clean, clean
+        return clean, feature_jitter(clean, self.options.jitter_scale, self.options.jitter_prob)
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         outputs: dict[str, Tensor] = {}
         for modality in self.modalities:
-            clean = self.features(batch, modality)
-            noisy = feature_jitter(clean, self.options.jitter_scale, self.options.jitter_prob) if self.training else clean
+            clean, noisy = self.clean_and_jittered(batch, modality)
             outputs[f"{modality}/features"] = clean
             outputs[f"{modality}/reconstruction"] = self.reconstructors[modality](noisy)
         return outputs
