@@ -86,8 +86,37 @@ def test_matches_reference_forward_and_gradients(settings: dict, chunk_size: int
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # the path without checkpointing
+    with torch.no_grad():  # the path without a graph
         torch.testing.assert_close(selective_scan(**inputs, chunk_size=chunk_size), y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpointed_chunks_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large scans checkpoint each chunk; forcing that path on a small one must not change a value."""
+    monkeypatch.setattr(selective_scan_module, "_CHECKPOINT_ABOVE_BYTES", 0)
+    inputs = random_inputs(length=45, groups=2)
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=8)
+    y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_large_decays_shorten_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk may span at most _LOG_RANGE of log-decay: with |delta * A| up to 20, float32 chunks hold 3 tokens."""
+    chunk_lengths = []
+    scan_chunk = selective_scan_module._scan_chunk
+
+    def recording_scan_chunk(u: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk_lengths.append(u.shape[-1])
+        return scan_chunk(u, *args)
+
+    monkeypatch.setattr(selective_scan_module, "_scan_chunk", recording_scan_chunk)
+    inputs = random_inputs(length=10, delta_softplus=False, with_delta_bias=False, dtype=torch.float32)
+    inputs["delta"] = torch.full_like(inputs["delta"], 2.0)
+    inputs["A"] = torch.full_like(inputs["A"], -10.0)
+    y = selective_scan(**inputs, chunk_size=64)
+    assert chunk_lengths == [3, 3, 3, 1]
+    torch.testing.assert_close(y, selective_scan_reference(**inputs), rtol=1e-5, atol=1e-5)
 
 
 def test_float32_keeps_dtype_and_matches_float64() -> None:
@@ -113,7 +142,7 @@ def test_reference_matches_hand_computed_two_steps() -> None:
 
 
 def test_large_decays_stay_finite() -> None:
-    """delta * |A| up to 1e5: exp of the masked pairs would overflow if taken before masking."""
+    """delta * |A| up to 1e5: one-token chunks, log-decays clipped at -_LOG_RANGE, still finite and exact."""
     inputs = random_inputs(length=70, groups=2, delta_softplus=False, with_delta_bias=False, dtype=torch.float32)
     generator = torch.Generator().manual_seed(2)
     inputs["delta"] = 10 ** (3 * torch.rand(inputs["delta"].shape, generator=generator) - 1)  # 0.1 .. 100

@@ -17,6 +17,10 @@ from torch.utils.checkpoint import checkpoint
 
 # The kernel computes in float32 and accepts these input dtypes; float64 goes to the pure path.
 _KERNEL_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Largest |log-decay| a chunk may span: exp of it times any realistic drive stays finite.
+_LOG_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
+# Above this many bytes per (batch, dim, N, L) tensor, chunks are checkpointed to bound memory.
+_CHECKPOINT_ABOVE_BYTES = 256 * 2**20
 
 
 @functools.cache
@@ -39,7 +43,7 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = 8,
+    chunk_size: int = 64,
 ) -> Tensor:
     """mamba-ssm's ``selective_scan_fn`` on any device.
 
@@ -53,10 +57,10 @@ def selective_scan(
     then ``y * silu(z)``.
 
     CUDA tensors of a dtype the kernel takes go to mamba-ssm's kernel when it imports; the rest
-    to the chunked scan (see ``_chunked_scan`` for its cost and memory). ``chunk_size`` only
-    affects the chunked scan: work and memory grow with it, and 8 was fastest on one CPU thread
-    from L 49 to 3136 (16 up to 2x and 64 3-7x slower; see
-    ``benchmarks/bench_selective_scan.py``).
+    to the chunked scan (see ``_chunked_scan`` for its cost, range and memory). ``chunk_size``
+    is the chunked scan's longest chunk; large decays make chunks shorter (down to one token).
+    Each chunk is one Python iteration, so longer chunks only save loop overhead
+    (``benchmarks/bench_selective_scan.py`` compares it with the token loop).
     """
     kernel = _cuda_kernel() if u.is_cuda else None
     if kernel is not None and u.dtype in _KERNEL_INPUT_DTYPES and A.dtype == torch.float32:
@@ -119,22 +123,21 @@ def _per_channel(M: Tensor, dim: int) -> Tensor:
 
 
 def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
-    """``<C_t, h_t>`` for all t, one chunk of ``chunk_size`` tokens at a time.
+    """``<C_t, h_t>`` for all t, a chunk of tokens at a time, the state carried between chunks.
 
-    Inside a chunk every token's state is a decayed sum over the chunk's earlier tokens plus
-    the carried state, computed at once with the (batch, dim, N, T, T) matrix of pairwise
-    decays (``_scan_chunk``); only the state at the chunk's end is carried to the next chunk,
-    so the Python loop runs over chunks, never tokens. The last chunk is simply shorter when
-    ``chunk_size`` does not divide L, so nothing is padded.
+    Inside a chunk the recurrence has a closed form (``_scan_chunk``) made of cumulative sums,
+    so the Python loop runs over chunks, never tokens, and the work per token is that of the
+    recurrence (two exps instead of one). The closed form multiplies ``exp(-cum)`` by
+    ``exp(cum)``, where ``cum`` is the log-decay accumulated since the chunk started, so a chunk
+    must be short enough that ``|cum|`` stays below ``_LOG_RANGE`` of the compute dtype: the
+    chunks end where the sum of each token's largest ``|delta * A|`` would pass that range, or at
+    ``chunk_size`` tokens.
+    Per-token log-decays below ``-_LOG_RANGE`` are clipped there first: the decay is then
+    ``exp(-60)`` (float32) instead of smaller, a difference far below the dtype's resolution.
 
-    Cost and memory: the pairwise decays take batch*dim*N*T*T values per chunk, so the work
-    is T times that of the token-by-token recurrence (an exp per pair). Forward peak memory is
-    about one such tensor: 4 bytes * batch*dim*N*T^2 in float32, 1.07 GB at batch 16, dim 256,
-    N 16, T 64, 17 MB at T 8. When gradients are needed each chunk is checkpointed, so the
-    graph keeps only chunk inputs and carried states (batch*dim*N*L/T values, 105 MB for that
-    case at T 8, L 3136) and backward recomputes one chunk at a time, peaking at about three
-    pairwise tensors; without checkpointing every chunk's decays would be kept
-    (4 bytes * batch*dim*N*T*L: 6.6 GB at T 8, 52 GB at T 64).
+    Memory: autograd keeps a few (batch, dim, N, L) tensors, like the token loop keeps every
+    state. Above ``_CHECKPOINT_ABOVE_BYTES`` each chunk is checkpointed instead, so the graph
+    holds only chunk inputs and carried states, and backward recomputes one chunk at a time.
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
@@ -144,13 +147,19 @@ def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     grouped_shape = (batch, groups, dim // groups)
     u, delta = u.view(*grouped_shape, length), delta.view(*grouped_shape, length)
     A = A.view(*grouped_shape[1:], state_size)
+    log_range = _LOG_RANGE[u.dtype]
+    with torch.no_grad():
+        largest_log_decays = (delta.abs().amax(dim=(0, 1, 2)) * A.abs().amax()).clamp(max=log_range)
+    boundaries = _chunk_boundaries(largest_log_decays.tolist(), log_range, chunk_size)
     state = u.new_zeros(*grouped_shape, state_size)
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    state_bytes = u.element_size() * batch * dim * state_size * length
+    use_checkpoints = needs_graph and state_bytes > _CHECKPOINT_ABOVE_BYTES
     outputs = []
-    for start in range(0, length, chunk_size):
-        chunk = slice(start, start + chunk_size)
-        args = (u[..., chunk], delta[..., chunk], A, B[..., chunk], C[..., chunk], state)
-        if needs_graph:
+    for start, end in zip(boundaries[:-1], boundaries[1:]):
+        chunk = slice(start, end)
+        args = (u[..., chunk], delta[..., chunk], A, B[..., chunk], C[..., chunk], state, log_range)
+        if use_checkpoints:
             y, state = checkpoint(_scan_chunk, *args, use_reentrant=False, preserve_rng_state=False)
         else:
             y, state = _scan_chunk(*args)
@@ -158,22 +167,29 @@ def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     return torch.cat(outputs, dim=-1).reshape(batch, dim, length)
 
 
+def _chunk_boundaries(largest_log_decays: list[float], log_range: float, chunk_size: int) -> list[int]:
+    """Chunk starts (and the end): each chunk as long as possible, up to ``chunk_size`` tokens
+    and a total largest log-decay of ``log_range``."""
+    boundaries, span = [0], 0.0
+    for token, log_decay in enumerate(largest_log_decays):
+        if token > boundaries[-1] and (token - boundaries[-1] == chunk_size or span + log_decay > log_range):
+            boundaries.append(token)
+            span = 0.0
+        span += log_decay
+    return [*boundaries, len(largest_log_decays)]
+
+
 def _scan_chunk(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state_in: Tensor
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, state_in: Tensor, log_range: float
 ) -> tuple[Tensor, Tensor]:
     """Outputs (batch, groups, channels, T) and end state of one chunk, from the state before it.
 
-    Uses the segment-sum form: with ``cum_i`` the log-decay from the chunk start to token i,
-    the decay from token j to token i is ``exp(cum_i - cum_j)``. Pairs with j > i are set to
-    -inf before the exp, so no exp ever sees a large positive number, whatever delta * A is.
+    With ``cum_t`` the log-decay from the chunk start through token t and ``d_j = delta_j B_j u_j``,
+    ``h_t = exp(cum_t) * (h_in + sum_{j<=t} exp(-cum_j) d_j)``: one cumsum for the decays, one
+    for the drives.
     """
-    length = u.shape[-1]
-    log_decay = (delta[..., None, :] * A[..., None]).cumsum(-1)  # (b, g, c, N, T)
-    future = torch.ones(length, length, dtype=torch.bool, device=u.device).triu(1)
-    # In place: neither masked_fill_ nor exp_ needs the values it overwrites for backward.
-    pairwise_log_decay = log_decay[..., :, None] - log_decay[..., None, :]  # [i, j] = cum_i - cum_j
-    pairwise_decay = pairwise_log_decay.masked_fill_(future, float("-inf")).exp_()
-    drive = (delta * u)[..., None, :] * B[:, :, None]  # delta_j * B_j * u_j, (b, g, c, N, T)
-    states = (pairwise_decay @ drive[..., None]).squeeze(-1) + log_decay.exp() * state_in[..., None]
+    log_decay = (delta[..., None, :] * A[..., None]).clamp(min=-log_range).cumsum(-1)  # (b, g, c, N, T)
+    drive = (delta * u)[..., None, :] * B[:, :, None]  # (b, g, c, N, T)
+    states = log_decay.exp() * (state_in[..., None] + (drive * (-log_decay).exp()).cumsum(-1))
     y = torch.einsum("bgcnt,bgnt->bgct", states, C)
     return y, states[..., -1]
