@@ -21,6 +21,7 @@ import torch
 
 from incad.config import load_config
 from incad.data.sample import Batch
+from incad.models.backbones.cache import FeatureCache
 from incad.runner import build_learner, run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +34,26 @@ RUNS = {
 }
 
 
-def inference_images_per_second(config) -> float:
-    learner = build_learner(config, num_objects=5).eval()
-    learner.feature_cache = None
-    size = config.dataset.image_size
-    batch = Batch(
-        image=torch.rand(16, 3, size, size), mask=torch.zeros(16, size, size), label=torch.zeros(16, dtype=torch.long),
-        object_id=torch.zeros(16, dtype=torch.long), defect_type=["good"] * 16, path=[str(i) for i in range(16)],
-        depth=torch.rand(16, 1, size, size),
+def random_batch(size: int, count: int = 16) -> Batch:
+    """A batch of random RGB, depth and point clouds (every pixel valid): inputs for speed measurements."""
+    return Batch(
+        image=torch.rand(count, 3, size, size), mask=torch.zeros(count, size, size), label=torch.zeros(count, dtype=torch.long),
+        object_id=torch.zeros(count, dtype=torch.long), defect_type=["good"] * count, path=[str(i) for i in range(count)],
+        depth=torch.rand(count, 1, size, size), xyz=torch.rand(count, 3, size, size), valid=torch.ones(count, size, size, dtype=torch.bool),
     )
+
+
+def inference_images_per_second(config) -> float:
+    return learner_images_per_second(build_learner(config, num_objects=5), config.dataset.image_size)
+
+
+def learner_images_per_second(learner, size: int) -> float:
+    """Anomaly maps per second of a batch of 16, every feature cache off (one warm-up batch)."""
+    learner.eval()
+    for name, value in list(vars(learner).items()):
+        if isinstance(value, FeatureCache):
+            setattr(learner, name, None)
+    batch = random_batch(size)
     with torch.inference_mode():
         learner.anomaly_map(batch)
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Command line: ``incad run`` and ``incad data synth``.
+"""Command line: ``incad run``, ``incad compare``, ``incad predict`` and ``incad data synth|prepare|check``.
 
 Errors that incad raises on purpose (bad config, bad data) print as one
 paragraph naming the key or file, with exit code 2, instead of a traceback.
@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from incad.runner import run_experiment
 
     config = load_config(args.scenario, overrides=args.set, strategy_file=args.strategy)
-    result = run_experiment(config, show_progress=not args.no_progress)
+    result = run_experiment(config, show_progress=not args.no_progress, resume=args.resume)
     split = config.scenario
     print(
         f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "
@@ -55,6 +55,41 @@ def _run(args: argparse.Namespace) -> int:
         uri = resolve_tracking_uri(config.tracking.tracking_uri)
         print(f"MLflow run {result.mlflow_run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from incad.predict import predict, summary
+    from incad.tracking.mlflow_tracker import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
+    try:
+        prediction = predict(args.model, args.inputs, args.out)
+    except mlflow.exceptions.MlflowException as exc:
+        raise IncadError(f"--model {args.model}: {exc.message} (registry {mlflow.get_tracking_uri()}; pass --tracking-uri or set MLFLOW_TRACKING_URI)") from None
+    print(summary(prediction))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from incad.compare import run_comparison
+
+    comparison = run_comparison(
+        args.scenario,
+        strategies=_names(args.strategies),
+        learners=_names(args.learners) if args.learners else None,
+        seeds=[int(seed) for seed in _names(args.seeds)] if args.seeds else None,
+        overrides=args.set,
+        show_progress=not args.no_progress,
+    )
+    print(comparison.table_markdown)
+    print(f"\nTable, plots and per-run outputs in {comparison.output_dir}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -75,6 +110,30 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from incad.config import load_config
+    from incad.data.check import format_counts
+    from incad.data.datasets import prepare_dataset, sample_counts
+
+    config = load_config(args.scenario, overrides=args.set)
+    prepared = prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress=not args.no_progress)
+    print(f"Dataset ready in {prepared.root}")
+    print(format_counts(prepared.counts or sample_counts(config.dataset, prepared.root, list(config.scenario.classes) or None)))
+    if prepared.skipped:
+        print(f"{len(prepared.skipped)} bad sample(s) left out (dataset.on_bad_sample: skip):")
+        print("\n".join(f"  - {line}" for line in prepared.skipped))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from incad.data.check import check_dataset
+    from incad.data.datasets import reader_for
+
+    report = check_dataset(args.root, reader_for(args.dataset, args.light), show_progress=sys.stderr.isatty())
+    print(report.format())
+    return 0 if report.clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="incad", description="Incremental unified multimodal anomaly detection.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,13 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=5")
     run.add_argument("--strategy", type=Path, default=None, help="a strategy YAML (strategies/*.yaml) replacing the scenario's strategy section")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--resume", action="store_true", help="continue from the last completed step's checkpoint (same YAML and --set)")
     run.set_defaults(handler=_run)
+
+    compare = commands.add_parser("compare", help="run a grid of strategies (x learners x seeds) and compare them")
+    compare.add_argument("scenario", type=Path, help="scenario YAML, e.g. experiments/compare/synthetic-4steps.yaml")
+    compare.add_argument("--strategies", required=True, help="comma-separated strategy names or strategies/*.yaml presets, e.g. naive,replay,ewc")
+    compare.add_argument("--learners", default=None, help="comma-separated learner names (default: the scenario's learner)")
+    compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the scenario's seed)")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value of every run")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.set_defaults(handler=_compare)
+
+    predict = commands.add_parser("predict", help="score images with a registered model")
+    predict.add_argument("--model", required=True, help="a model URI, e.g. models:/quickstart@champion")
+    predict.add_argument("inputs", type=Path, nargs="+", help="RGB image files or folders (xyz/NNN.tiff siblings are used for depth)")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder for scores and overlays")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    predict.set_defaults(handler=_predict)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="generate the synthetic RGB+3D dataset in MVTec 3D-AD layout")
     synth.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output folder")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator setting, e.g. num_classes=6")
     synth.set_defaults(handler=_synth)
+
+    prepare = data.add_parser("prepare", help="resolve, preprocess and cache a scenario's dataset; print counts per class and split")
+    prepare.add_argument("scenario", type=Path, help="scenario YAML, e.g. experiments/mvtec3d/10-0.yaml")
+    prepare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. dataset.root=...")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(handler=_prepare)
+
+    check = data.add_parser("check", help="validate a dataset folder and list every problem with its file")
+    check.add_argument("root", type=Path, help="the dataset folder (one sub-folder per class)")
+    check.add_argument("--dataset", default="mvtec3d", choices=["mvtec3d", "folder", "eyecandies", "mvtec_ad"], help="folder layout")
+    check.add_argument("--light", type=int, default=4, help="Eyecandies: which image_<light>.png is the RGB image")
+    check.set_defaults(handler=_check)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from incad.data.preprocess import PreprocessingConfig
 from incad.data.synthetic import SyntheticConfig
 from incad.errors import ConfigError
 
@@ -33,14 +34,22 @@ class DatasetConfig(StrictModel):
     """Where the images come from.
 
     ``synthetic`` generates the embedded default data set into ``root`` (a cache
-    folder keyed by the generator settings); ``mvtec3d`` reads a folder in the
-    MVTec 3D-AD layout at ``root``.
+    folder keyed by the generator settings); ``mvtec3d`` and ``folder`` (a
+    user's own data) read a folder in the MVTec 3D-AD layout at ``root``,
+    ``eyecandies`` and ``mvtec_ad`` (RGB only) their own layouts (see
+    :mod:`incad.data.datasets`). ``preprocessing`` (off by default) writes the
+    background-removed copy into ``cache_dir``; ``on_bad_sample: skip`` leaves
+    unreadable or inconsistent samples out and reports them instead of stopping.
     """
 
-    name: Literal["synthetic", "mvtec3d"] = "synthetic"
+    name: Literal["synthetic", "mvtec3d", "folder", "eyecandies", "mvtec_ad"] = "synthetic"
     root: Path | None = None
     image_size: int = Field(224, ge=32, le=1024)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    on_bad_sample: Literal["error", "skip"] = "error"
+    light: int = Field(4, ge=0, le=5, description="Eyecandies: which of image_0..5 is the RGB image")
+    cache_dir: Path | None = None  # generated/preprocessed data and disk features; default $INCAD_DATA_DIR or .cache/incad/data
 
     @model_validator(mode="after")
     def _root_for_real_data(self) -> "DatasetConfig":
@@ -101,6 +110,9 @@ class TrainingConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
+    # Where a learner's frozen-backbone feature cache lives: in memory for the run, or on disk
+    # (memory-mapped, reused across runs; <dataset cache_dir>/features). Learners switch caching off themselves.
+    feature_cache: Literal["memory", "disk"] = "memory"
 
 
 class EvaluationConfig(StrictModel):
@@ -110,6 +122,15 @@ class EvaluationConfig(StrictModel):
     smoothing_sigma: float = Field(4.0, ge=0)
 
 
+class RegistryConfig(StrictModel):
+    """MLflow model registry: register each step's model; ``champion`` moves unless the
+    new mean I-AUROC on the classes seen is below the champion's by more than ``champion_margin``."""
+
+    enabled: bool = False
+    model_name: str | None = None  # default: the run's name
+    champion_margin: float = Field(0.0, ge=0)
+
+
 class TrackingConfig(StrictModel):
     """MLflow settings; ``tracking_uri`` empty means $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
 
@@ -117,6 +138,7 @@ class TrackingConfig(StrictModel):
     tracking_uri: str | None = None
     experiment: str = "incad"
     run_name: str | None = None
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
 
 class RunConfig(StrictModel):

@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from avalanche.training.plugins import EvaluationPlugin
 
+from incad.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from incad.config import RunConfig
-from incad.data.synthetic import ensure_synthetic
-from incad.errors import DataError
-from incad.evaluation.plugin import AnomalyEvaluationPlugin
+from incad.data.datasets import cache_root, prepare_dataset
+from incad.errors import ConfigError
+from incad.evaluation.avalanche_metrics import AnomalyDetectionMetrics, ForgettingMeasureMetric
 from incad.evaluation.results import ResultMatrices
 from incad.learners.base import Learner
+from incad.models.backbones.cache import attach_disk_store
+from incad.models.backbones.feature_store import store_folder
 from incad.registry import LEARNERS, STRATEGIES
 from incad.scenario import Scenario, build_scenario
 from incad.strategies.template import AnomalyDetectionTemplate
+from incad.tracking.mlflow_logger import MlflowLogger
 from incad.tracking.mlflow_tracker import MlflowTracker
+from incad.tracking.model_registry import register_step_model
 from incad.tracking.plots import plot_metric_per_class
 from incad.tracking.progress import ProgressBarPlugin
-
-DEFAULT_DATA_CACHE = Path(".cache") / "incad" / "data"
 
 
 @dataclass
@@ -39,6 +44,7 @@ class RunResult:
     step_seconds: list[float]
     output_dir: Path
     mlflow_run_id: str | None
+    learner: Learner
 
 
 def seed_everything(seed: int) -> None:
@@ -55,15 +61,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_data(config: RunConfig) -> Path:
-    """The dataset root: generated (and cached) synthetic data, or the user's folder, checked to exist."""
-    dataset = config.dataset
-    if dataset.name == "synthetic":
-        cache = dataset.root or Path(os.environ.get("INCAD_DATA_DIR", DEFAULT_DATA_CACHE))
-        return ensure_synthetic(dataset.synthetic, cache)
-    if not dataset.root.is_dir():
-        raise DataError(dataset.root, "dataset folder not found.", "Set dataset.root to the folder that holds one sub-folder per class.")
-    return dataset.root
+def prepare_data(config: RunConfig, show_progress: bool = False) -> Path:
+    """The folder the run reads: generated synthetic data, the user's folder, or its preprocessed cache."""
+    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress).root
+
+
+def report_skipped(skipped: list[str], output_dir: Path) -> list[Path]:
+    """Warn about the bad samples a run left out and list them in ``skipped_samples.txt`` (an artifact)."""
+    if not skipped:
+        return []
+    logging.getLogger("incad").warning("%d bad sample(s) skipped (dataset.on_bad_sample: skip):\n  %s", len(skipped), "\n  ".join(skipped))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "skipped_samples.txt"
+    path.write_text("\n".join(skipped) + "\n")
+    return [path]
 
 
 def build_learner(config: RunConfig, num_objects: int) -> Learner:
@@ -72,7 +83,9 @@ def build_learner(config: RunConfig, num_objects: int) -> Learner:
     return learner_class(options, modality=config.scenario.modality, num_objects=num_objects, image_size=config.dataset.image_size)
 
 
-def build_strategy(config: RunConfig, learner: Learner, extra_plugins: list, device: torch.device) -> AnomalyDetectionTemplate:
+def build_strategy(
+    config: RunConfig, learner: Learner, extra_plugins: list, device: torch.device, evaluator: EvaluationPlugin | None = None
+) -> AnomalyDetectionTemplate:
     strategy_class = STRATEGIES.get(config.strategy.name)
     options = strategy_class.Options.model_validate(config.strategy_options())
     training = config.training
@@ -85,37 +98,71 @@ def build_strategy(config: RunConfig, learner: Learner, extra_plugins: list, dev
         train_mb_size=training.batch_size,
         eval_mb_size=config.evaluation.batch_size,
         device=device,
-        plugins=[*strategy_class.plugins(options), *learner.plugins(), *extra_plugins],
+        plugins=[*strategy_class.plugins(options, learner), *learner.plugins(), *extra_plugins],
         grad_clip=training.grad_clip,
         num_workers=training.num_workers,
+        evaluator=evaluator,
     )
 
 
-def run_experiment(config: RunConfig, show_progress: bool = True) -> RunResult:
-    """Train step by step; after every step evaluate all classes seen so far and log everything."""
+def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPlugin:
+    """Avalanche evaluation: the step x object metrics, then the forgetting measure, logged to MLflow."""
+    metrics = [AnomalyDetectionMetrics(matrices, config.evaluation.smoothing_sigma), ForgettingMeasureMetric(matrices)]
+    return EvaluationPlugin(*metrics, loggers=[MlflowLogger()] if config.tracking.enabled else [])
+
+
+def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = ()) -> RunResult:
+    """Train step by step; after every step evaluate all classes seen so far, log, checkpoint and register.
+
+    ``resume`` continues from the last step checkpoint of ``outputs/<name>``
+    (same config required) in the same MLflow run; without it, old checkpoints
+    of that name are removed. ``extra_plugins`` are added to the strategy.
+    """
+    if config.tracking.registry.enabled and not config.tracking.enabled:
+        raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    data_root = prepare_data(config)
-    scenario = build_scenario(config, data_root)
+    data_root = prepare_data(config, show_progress)
+    built = build_scenario(config, data_root)
+    scenario = STRATEGIES.get(config.strategy.name).adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
     learner = build_learner(config, num_objects=len(scenario.class_order))
-    plugins: list = [AnomalyEvaluationPlugin(matrices, config.evaluation.smoothing_sigma)]
+    if config.training.feature_cache == "disk":
+        attach_disk_store(learner, store_folder(cache_root(config.dataset), data_root))
+    plugins: list = list(extra_plugins)
     if show_progress:
         plugins.append(ProgressBarPlugin(["+".join(classes) for classes in scenario.step_classes]))
-    strategy = build_strategy(config, learner, plugins, device)
+    strategy = build_strategy(config, learner, plugins, device, evaluator=build_evaluator(matrices, config))
     output_dir = config.output_dir / config.name
+    checkpoints = output_dir / "checkpoints"
+    config_json = config.model_dump(mode="json")
     step_seconds: list[float] = []
-    with MlflowTracker(config) as tracker:
+    first_step, resume_run_id = 0, None
+    if resume:
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is None:
+            raise ConfigError(f"--resume: no completed step checkpoint in {checkpoints}; run without --resume to start from the first step")
+        restored = load_checkpoint(checkpoint, strategy, matrices, config_json)
+        first_step, resume_run_id, step_seconds = restored.step + 1, restored.mlflow_run_id, restored.step_seconds
+    else:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    with MlflowTracker(config, resume_run_id=resume_run_id) as tracker:
         benchmark = scenario.benchmark
-        for step, experience in enumerate(benchmark.train_stream):
+        for step in range(first_step, scenario.num_steps):
             started = time.perf_counter()
-            strategy.train(experience)
+            strategy.train(benchmark.train_stream[step])
             step_seconds.append(time.perf_counter() - started)
             strategy.eval(benchmark.test_stream[: step + 1])
-            tracker.log_step(step, matrices, {"train_seconds": step_seconds[-1], **strategy.loss_terms})
+            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms})
+            if config.tracking.registry.enabled:
+                seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
+                register_step_model(config, learner, scenario.class_order, matrices, step, seen)
+            save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
         summary = matrices.summary()
         artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
+        artifacts += report_skipped(built.skipped, output_dir)
         results_path = output_dir / "results.json"
-        results_path.write_text(json.dumps({"summary": summary, "step_seconds": step_seconds, "classes": scenario.class_order}, indent=2))
+        results = {"summary": summary, "step_seconds": step_seconds, "classes": scenario.class_order, "skipped_samples": built.skipped}
+        results_path.write_text(json.dumps(results, indent=2))
         tracker.log_final(matrices, summary, [*artifacts, results_path])
-    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id)
+    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)

@@ -9,7 +9,7 @@ follow the scenario's class order and travel with every sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avalanche.benchmarks import benchmark_from_datasets
@@ -17,7 +17,8 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 
 from incad.config import RunConfig
-from incad.data.mvtec3d import MVTec3DDataset, list_classes
+from incad.data.datasets import preprocessing_skipped, reader_of_root, split_dataset
+from incad.data.sample import collate
 from incad.errors import ConfigError
 
 
@@ -28,15 +29,16 @@ class Scenario:
     benchmark: CLScenario
     class_order: list[str]
     step_classes: list[list[str]]
+    skipped: list[str] = field(default_factory=list)  # bad samples left out (dataset.on_bad_sample: skip)
 
     @property
     def num_steps(self) -> int:
         return len(self.step_classes)
 
 
-def resolve_class_order(config: RunConfig, data_root: Path) -> list[str]:
+def resolve_class_order(config: RunConfig, data_root: Path, skipped: list | None = None) -> list[str]:
     """The scenario's class order, checked against the dataset's classes and the split."""
-    available = list_classes(data_root)
+    available = reader_of_root(config.dataset, data_root).list_classes(data_root, skipped)
     order = list(config.scenario.classes) or available
     unknown = [name for name in order if name not in available]
     if unknown:
@@ -55,23 +57,23 @@ def resolve_class_order(config: RunConfig, data_root: Path) -> list[str]:
     return order
 
 
-def _split_dataset(root: Path, classes: list[str], split: str, config: RunConfig, object_ids: dict[str, int]) -> AvalancheDataset:
-    dataset = MVTec3DDataset(
-        root,
-        class_names=classes,
-        split=split,
-        image_size=config.dataset.image_size,
-        object_ids=object_ids,
-        load_xyz=config.scenario.modality != "rgb",
-    )
-    return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")])
+def _split_dataset(
+    root: Path, classes: list[str], split: str, config: RunConfig, object_ids: dict[str, int], skipped: list[str]
+) -> AvalancheDataset:
+    dataset = split_dataset(config.dataset, root, classes, split, object_ids, load_xyz=config.scenario.modality != "rgb")
+    skipped.extend(str(problem) for problem in dataset.skipped or [])
+    # collate_fn travels with every subset and concatenation, so Avalanche's own loaders (replay) build Batch objects too.
+    return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")], collate_fn=collate)
 
 
 def build_scenario(config: RunConfig, data_root: Path) -> Scenario:
     """One train and one test experience per step, in the scenario's class order."""
-    order = resolve_class_order(config, data_root)
+    skipping = config.dataset.on_bad_sample == "skip"
+    class_problems: list = []
+    order = resolve_class_order(config, data_root, class_problems if skipping else None)
+    skipped = preprocessing_skipped(data_root) + [str(problem) for problem in class_problems]
     object_ids = {name: index for index, name in enumerate(order)}
     step_classes = config.scenario.step_classes(order)
-    train = [_split_dataset(data_root, classes, "train", config, object_ids) for classes in step_classes]
-    test = [_split_dataset(data_root, classes, "test", config, object_ids) for classes in step_classes]
-    return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes)
+    train = [_split_dataset(data_root, classes, "train", config, object_ids, skipped) for classes in step_classes]
+    test = [_split_dataset(data_root, classes, "test", config, object_ids, skipped) for classes in step_classes]
+    return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes, skipped)

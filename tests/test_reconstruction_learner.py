@@ -64,11 +64,11 @@ def test_calibration_sets_each_modality_scale_to_its_mean_clean_distance(tiny_da
     learner.calibrate(batches)
     for index, modality in enumerate(("rgb", "depth")):
         distances = torch.cat([learner.token_distance(*learner.compared_features(learner(b))[modality]).flatten() for b in batches])
-        assert learner.error_scale[index].item() == pytest.approx(distances.mean().item(), rel=1e-5)
+        assert learner.map_scale[index].item() == pytest.approx(distances.mean().item(), rel=1e-5)
     pairs = learner.compared_features(learner(batches[0]))
     raw = torch.stack([learner.token_distance(*pairs[m]) for m in ("rgb", "depth")])
     fused = learner.anomaly_map(batches[0]).flatten(1)
-    expected = (raw / learner.error_scale[:, None, None]).amax(dim=0)
+    expected = (raw / learner.map_scale[:, None, None]).amax(dim=0)
     assert torch.allclose(fused, expected)
 
 

@@ -58,8 +58,10 @@ class ResultMatrices:
     def final_mean(self, metric: str) -> float:
         return self.step_mean(metric, self.num_steps - 1)
 
-    def forgetting(self, metric: str) -> float:
-        return metrics.forgetting_measure(self.values[metric])
+    def forgetting(self, metric: str, up_to_step: int | None = None) -> float:
+        """FM of ``metric`` after ``up_to_step`` (default: the last step)."""
+        last = self.num_steps - 1 if up_to_step is None else up_to_step
+        return metrics.forgetting_measure(self.values[metric][: last + 1])
 
     def summary(self) -> dict[str, float]:
         """Final mean and FM of every metric, keyed ``<metric>/final_mean`` and ``<metric>/fm``."""

@@ -1,11 +1,17 @@
 """Learners: pure ``nn.Module``s with their losses, registered by name in ``LEARNERS``."""
 
 from incad.learners.base import Learner, LearnerOptions
+from incad.learners.cfm import CFMLearner
 from incad.learners.ib_iumad import IBIUMADLearner
 from incad.learners.reconstruction import ReconstructionLearner
+from incad.learners.rlr import RLRLearner
+from incad.learners.uni_rcm import UniRCMLearner
 from incad.registry import LEARNERS
 
 LEARNERS.register("reconstruction")(ReconstructionLearner)
 LEARNERS.register("ib_iumad")(IBIUMADLearner)
+LEARNERS.register("rlr")(RLRLearner)
+LEARNERS.register("cfm")(CFMLearner)
+LEARNERS.register("uni_rcm")(UniRCMLearner)
 
-__all__ = ["IBIUMADLearner", "Learner", "LearnerOptions", "ReconstructionLearner"]
+__all__ = ["CFMLearner", "IBIUMADLearner", "Learner", "LearnerOptions", "RLRLearner", "ReconstructionLearner", "UniRCMLearner"]

@@ -9,9 +9,15 @@ offline-fitted and mixed learners plug into the same continual loop:
 - ``anomaly_map(batch)`` returns a (B, h, w) map, higher = more anomalous, at
   any resolution; evaluation upsamples, smooths and scores it the same way for
   every learner;
+- ``fit(batches)`` is the offline stage that must come *before* the epochs
+  (Uni-RCM's residual quantizer is fitted on the frozen features it scores,
+  before the mapping nets train); the template calls it in eval mode, without
+  gradients, on the experience's training data at the start of each
+  experience;
 - ``calibrate(batches)`` fits whatever the learner estimates from normal data
-  without gradients (score scales, codebooks, memory banks); the template calls
-  it in eval mode on the experience's training data after the epochs;
+  without gradients once its training is over (score scales, memory banks); the
+  template calls it in eval mode on the experience's training data after the
+  epochs;
 - ``plugins()`` returns the Avalanche plugins of the method's extra loss
   terms, so a YAML switches them on, off or reweights them through the
   learner's options and they compose with any strategy;
@@ -58,6 +64,9 @@ class Learner(nn.Module):
 
     def anomaly_map(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        """Offline fit on an experience's normal training data before its epochs; nothing by default."""
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Fit gradient-free statistics on normal training data; nothing by default."""

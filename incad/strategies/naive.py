@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from avalanche.core import SupervisedPlugin
-from pydantic import BaseModel, ConfigDict
-
 from incad.registry import STRATEGIES
-
-
-class NaiveOptions(BaseModel):
-    """Naive fine-tuning has no options."""
-
-    model_config = ConfigDict(extra="forbid")
+from incad.strategies.base import Strategy
 
 
 @STRATEGIES.register("naive")
-class Naive:
+class Naive(Strategy):
     """No plugin: the template alone fine-tunes the learner step after step."""
-
-    Options = NaiveOptions
-
-    @staticmethod
-    def plugins(options: NaiveOptions) -> list[SupervisedPlugin]:
-        return []

@@ -8,8 +8,9 @@ plugin system, but:
   built by our ``collate`` in both dataloaders;
 - ``forward`` returns the learner's training outputs while training and its
   raw anomaly maps while evaluating;
-- after the epochs of each experience the learner's ``calibrate`` runs on that
-  experience's training data (the learner's gradient-free fitting stage);
+- before the epochs of each experience the learner's ``fit`` runs on that
+  experience's training data (offline stages such as codebooks), and after
+  them its ``calibrate`` (gradient-free statistics of the trained learner);
 - ``criterion`` is the sum of the learner's own loss terms; method-specific
   terms are added by plugins (they add to ``strategy.loss``) and recorded in
   ``loss_terms`` for logging.
@@ -45,6 +46,7 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         plugins: Sequence[BasePlugin] | None = None,
         grad_clip: float | None = None,
         num_workers: int = 0,
+        evaluator: EvaluationPlugin | None = None,
     ) -> None:
         super().__init__(
             model=learner,
@@ -54,7 +56,7 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
             eval_mb_size=eval_mb_size,
             device=device,
             plugins=list(plugins or []),
-            evaluator=EvaluationPlugin(loggers=[]),
+            evaluator=evaluator or EvaluationPlugin(loggers=[]),
         )
         self.grad_clip = grad_clip
         self.num_workers = num_workers
@@ -70,12 +72,12 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         return self.mbatch.object_id
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
-        self.dataloader = self._loader(self.train_mb_size, shuffle)
+        self.dataloader = self.loader(self.train_mb_size, shuffle)
 
     def make_eval_dataloader(self, **kwargs) -> None:
-        self.dataloader = self._loader(self.eval_mb_size, shuffle=False)
+        self.dataloader = self.loader(self.eval_mb_size, shuffle=False)
 
-    def _loader(self, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, batch_size: int, shuffle: bool) -> DataLoader:
         """A plain loader whose batches are named-field :class:`Batch` objects."""
         return DataLoader(
             self.adapted_dataset,
@@ -86,14 +88,15 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         )
 
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        self._run_offline_stage(self.model.fit)
         super()._train_exp(experience, eval_streams, **kwargs)
-        self._calibrate_learner()
+        self._run_offline_stage(self.model.calibrate)
 
     @torch.no_grad()
-    def _calibrate_learner(self) -> None:
-        """Let the learner fit its gradient-free statistics on this experience's data, in eval mode."""
+    def _run_offline_stage(self, stage) -> None:
+        """Run a learner's gradient-free stage (``fit`` or ``calibrate``) on this experience's data, in eval mode."""
         self.model.eval()
-        self.model.calibrate(batch.to(self.device) for batch in self._loader(self.eval_mb_size, shuffle=False))
+        stage(batch.to(self.device) for batch in self.loader(self.eval_mb_size, shuffle=False))
         self.model.train()
 
     def _unpack_minibatch(self) -> None:

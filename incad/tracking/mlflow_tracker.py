@@ -1,8 +1,10 @@
-"""MLflow tracking of a run: params, per-step per-class metrics, matrices and plots.
+"""MLflow tracking of a run: params, step-level figures, final summary, matrices and plots.
 
-One MLflow run per scenario. Metric keys are ``<metric>/<class>`` and
-``<metric>/mean`` with ``step`` = experience index, so the MLflow UI plots each
-class over the steps; final means and FM are logged at the end.
+One MLflow run per scenario (nested under an active parent run, e.g. of
+``incad compare``). The per-class metrics (``<metric>/<class>``,
+``<metric>/mean``, ``<metric>/fm`` at ``step`` = experience index) come from
+the Avalanche metrics through :class:`incad.tracking.mlflow_logger.MlflowLogger`;
+this module logs the rest. A resumed run reopens its MLflow run by id.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import mlflow
 
 from incad.config import RunConfig
-from incad.evaluation.results import METRICS, ResultMatrices
+from incad.evaluation.results import ResultMatrices
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -39,16 +41,20 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class MlflowTracker:
     """Context manager around one MLflow run; every method is a no-op when tracking is disabled."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, resume_run_id: str | None = None) -> None:
         self.config = config
         self.enabled = config.tracking.enabled
-        self.run_id: str | None = None
+        self.run_id: str | None = resume_run_id
 
     def __enter__(self) -> "MlflowTracker":
         if self.enabled:
             mlflow.set_tracking_uri(resolve_tracking_uri(self.config.tracking.tracking_uri))
+            nested = mlflow.active_run() is not None
+            if self.run_id is not None:
+                mlflow.start_run(run_id=self.run_id, nested=nested)
+                return self
             mlflow.set_experiment(self.config.tracking.experiment)
-            run = mlflow.start_run(run_name=self.config.tracking.run_name or self.config.name)
+            run = mlflow.start_run(run_name=self.config.tracking.run_name or self.config.name, nested=nested)
             self.run_id = run.info.run_id
             mlflow.log_params(flatten(self.config.model_dump(mode="json")))
         return self
@@ -57,23 +63,15 @@ class MlflowTracker:
         if self.enabled:
             mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
 
-    def log_step(self, step: int, matrices: ResultMatrices, extra: dict[str, float]) -> None:
-        """Per-class and mean metrics of ``step``, plus step-level figures such as train time."""
-        if not self.enabled:
-            return
-        values: dict[str, float] = dict(extra)
-        for name in METRICS:
-            row = matrices.values[name][step]
-            for object_id, class_name in enumerate(matrices.class_names):
-                if row[object_id] == row[object_id]:  # not NaN: evaluated at this step
-                    values[f"{name}/{class_name}"] = float(row[object_id])
-            values[f"{name}/mean"] = matrices.step_mean(name, step)
-        mlflow.log_metrics({k: v for k, v in values.items() if v == v}, step=step)
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """Step-level figures that are not Avalanche metrics (training time, last loss terms)."""
+        if self.enabled:
+            mlflow.log_metrics({k: v for k, v in values.items() if v == v}, step=step)
 
     def log_final(self, matrices: ResultMatrices, summary: dict[str, float], artifacts: list[Path]) -> None:
         """Final means, FM and the files (matrix CSVs, plots) of the run."""
         if not self.enabled:
             return
-        mlflow.log_metrics({k: v for k, v in summary.items() if v == v})
+        mlflow.log_metrics({k: v for k, v in summary.items() if v == v}, step=matrices.num_steps - 1)
         for path in artifacts:
             mlflow.log_artifact(str(path))

@@ -18,7 +18,7 @@ I-AUROC 0.69/0.81/0.55 with max vs 0.59/0.67/0.46 with sum, 3 classes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
-from incad.learners.base import Learner, LearnerOptions, modality_input
+from incad.learners.base import LearnerOptions, modality_input
+from incad.learners.features import ScaledModalityMaps, frozen_features
 from incad.learners.reconstruction.loss import reconstruction_loss
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.efficientnet import build_backbone
@@ -94,7 +95,7 @@ class FeatureReconstructor(nn.Module):
         return self.output_projection(self.decode(tokens)[-1])
 
 
-class ReconstructionLearner(Learner):
+class ReconstructionLearner(ScaledModalityMaps):
     """Backbone + one :class:`FeatureReconstructor` per modality."""
 
     Options = ReconstructionOptions
@@ -110,16 +111,11 @@ class ReconstructionLearner(Learner):
             {m: FeatureReconstructor(self.backbone.out_channels, self.grid, options) for m in self.modalities}
         )
         self.feature_cache = FeatureCache(self.backbone.forward_aligned) if options.cache_features else None
-        self.register_buffer("error_scale", torch.ones(len(self.modalities)))
 
     def features(self, batch: Batch, modality: str) -> Tensor:
         """Frozen aligned backbone features as tokens (B, L, C)."""
-        images = modality_input(batch, modality)
-        if self.feature_cache is not None:
-            maps = self.feature_cache(images, [f"{path}|{modality}" for path in batch.path])
-        else:
-            with torch.no_grad():
-                maps = self.backbone.forward_aligned(images)
+        keys = [f"{path}|{modality}" for path in batch.path]
+        maps = frozen_features(self.backbone.forward_aligned, self.feature_cache, modality_input(batch, modality), keys)
         return maps.flatten(2).transpose(1, 2)
 
     def clean_and_jittered(self, batch: Batch, modality: str) -> tuple[Tensor, Tensor]:
@@ -147,26 +143,13 @@ class ReconstructionLearner(Learner):
         """Per modality, the (features, reconstruction) pair whose distance is the anomaly map."""
         return {m: (outputs[f"{m}/features"], outputs[f"{m}/reconstruction"]) for m in self.modalities}
 
-    def anomaly_map(self, batch: Batch) -> Tensor:
+    def modality_maps(self, batch: Batch) -> dict[str, Tensor]:
+        """Per modality, the distance between features and their reconstruction, (B, h, w)."""
         pairs = self.compared_features(self.forward(batch))
-        normalised = [self.token_distance(*pairs[m]) / self.error_scale[i] for i, m in enumerate(self.modalities)]
-        return torch.stack(normalised).amax(dim=0).reshape(len(batch), *self.grid)
+        return {m: self.token_distance(*pairs[m]).reshape(len(batch), *self.grid) for m in self.modalities}
 
     def token_distance(self, features: Tensor, reconstruction: Tensor) -> Tensor:
         """Per-token distance (B, L): L2 (UniAD) or 1 - cosine, as the options say."""
         if self.options.map_distance == "cosine":
             return 1.0 - F.cosine_similarity(features, reconstruction, dim=-1)
         return (features - reconstruction).norm(dim=-1)
-
-    @torch.no_grad()
-    def calibrate(self, batches: Iterable[Batch]) -> None:
-        """Set each modality's distance scale to its mean on clean normal training tokens."""
-        totals = torch.zeros(len(self.modalities), device=self.error_scale.device)
-        tokens = 0
-        for batch in batches:
-            pairs = self.compared_features(self.forward(batch))
-            for index, modality in enumerate(self.modalities):
-                totals[index] += self.token_distance(*pairs[modality]).sum()
-            tokens += len(batch) * self.grid[0] * self.grid[1]
-        if tokens:
-            self.error_scale.copy_((totals / tokens).clamp_min(1e-8))

@@ -1,0 +1,109 @@
+"""``incad predict``: score image files with a registered model (``models:/<name>@champion``).
+
+Needs only the registry: the pyfunc model rebuilds its learner from the
+weights and config stored with it. Inputs are RGB files or folders (searched
+recursively, ground-truth ``gt/`` folders skipped); a point cloud is taken
+from the MVTec 3D-AD sibling ``../xyz/<stem>.tiff`` when the model uses
+depth. Writes ``scores.json``, ``scores.csv`` and an overlay PNG per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from incad.data.mvtec3d import XYZ_SUFFIXES, load_rgb  # noqa: E402
+from incad.errors import DataError  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SKIPPED_FOLDERS = {"gt", "xyz"}
+
+
+@dataclass
+class Prediction:
+    """Scores per image and where the files went."""
+
+    scores: pd.DataFrame  # columns image, score
+    scores_json: Path
+    scores_csv: Path
+    overlays: list[Path]
+
+
+def collect_inputs(paths: list[Path]) -> pd.DataFrame:
+    """Image files (given or found under folders) and their point clouds, as the model's input frame."""
+    images: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            images.extend(
+                sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not SKIPPED_FOLDERS & set(p.relative_to(path).parts[:-1]))
+            )
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise DataError(path, "does not exist.", "Pass image files or folders that hold them.")
+    if not images:
+        raise DataError(paths[0], "holds no PNG or JPEG image.", "Pass image files or folders that hold them.")
+    return pd.DataFrame({"image": [str(image) for image in images], "xyz": [point_cloud_of(image) for image in images]})
+
+
+def point_cloud_of(image: Path) -> str | None:
+    """The MVTec 3D-AD point cloud of ``rgb/NNN.png`` (``xyz/NNN.tiff``), if there is one."""
+    for suffix in XYZ_SUFFIXES:
+        candidate = image.parent.parent / "xyz" / f"{image.stem}{suffix}"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def overlay(image_path: Path, anomaly_map: np.ndarray, low: float, high: float, out: Path) -> Path:
+    """The image with the anomaly map (scaled to [low, high], jet colours) blended over it."""
+    size = anomaly_map.shape[::-1]
+    rgb = np.asarray(Image.fromarray(load_rgb(image_path)).resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
+    heat = colormaps["jet"](np.clip((anomaly_map - low) / max(high - low, 1e-12), 0.0, 1.0))[..., :3]
+    Image.fromarray((255 * (0.55 * rgb + 0.45 * heat)).astype(np.uint8)).save(out)
+    return out
+
+
+def predict(model_uri: str, paths: list[Path], out_dir: Path) -> Prediction:
+    """Score every image with the model at ``model_uri``; write scores and overlays into ``out_dir``."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    frame = model.predict(collect_inputs(paths))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = np.stack(frame["anomaly_map"].to_list())
+    low, high = float(maps.min()), float(maps.max())  # one scale for all overlays, so they compare
+    overlays = []
+    for index, (image, anomaly_map) in enumerate(zip(frame["image"], maps)):
+        overlays.append(overlay(Path(image), anomaly_map, low, high, out_dir / f"{index:04d}_{Path(image).stem}_overlay.png"))
+    scores = frame[["image", "score"]].assign(overlay=[str(path) for path in overlays])
+    scores_json = out_dir / "scores.json"
+    scores_json.write_text(json.dumps({"model": model_uri, "images": scores.to_dict(orient="records")}, indent=2))
+    scores_csv = out_dir / "scores.csv"
+    with scores_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "score", "overlay"])
+        writer.writerows(scores.itertuples(index=False))
+    return Prediction(scores, scores_json, scores_csv, overlays)
+
+
+def summary(prediction: Prediction, top: int = 5) -> str:
+    """A few lines for the terminal: count, score range, the most anomalous images."""
+    scores = prediction.scores.sort_values("score", ascending=False)
+    values = scores["score"].to_numpy()
+    lines = [
+        f"{len(values)} images scored: min {values.min():.4f}, median {np.median(values):.4f}, max {values.max():.4f}",
+        f"most anomalous (top {min(top, len(values))}):",
+        *(f"  {row.score:.4f}  {row.image}" for row in scores.head(top).itertuples()),
+        f"scores: {prediction.scores_json} and {prediction.scores_csv}; overlays in {prediction.scores_json.parent}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Registering the retrained model after every step in the MLflow model registry.
+
+Each step's model is logged as the pyfunc model of ``anomaly_model.py``
+(weights + config + class order, no pickled module), registered under
+``tracking.registry.model_name`` (default: the run name) with tags for the
+scenario, step, classes seen, strategy, learner and the step's mean metrics
+on the classes seen so far. ``champion`` moves to the new version only if its
+mean I-AUROC on its seen classes is not below the champion's by more than
+``champion_margin``. "latest always moves" needs no alias: MLflow reserves the
+alias name ``latest`` and ``models:/<name>/latest`` always resolves to the
+newest version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from incad.config import RunConfig
+from incad.evaluation.results import METRICS, ResultMatrices
+from incad.tracking.anomaly_model import CLASSES, CODE_PATH, CONFIG, WEIGHTS
+
+CHAMPION = "champion"
+CHAMPION_METRIC = "i_auroc"
+# What loading the model needs besides incad itself (installed from this repository).
+RUNTIME_PACKAGES = ("torch", "torchvision", "mlflow", "numpy", "pandas", "avalanche-lib", "efficientnet-pytorch", "pydantic", "tifffile", "pillow", "scipy", "scikit-learn")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned versions of the runtime packages installed here (skips MLflow's slow requirement inference)."""
+    pinned = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
+
+
+def model_name(config: RunConfig) -> str:
+    return config.tracking.registry.model_name or config.name
+
+
+def step_tags(config: RunConfig, matrices: ResultMatrices, step: int, classes_seen: list[str]) -> dict[str, str]:
+    """Tags of a version: where it comes from and its mean metrics on the classes seen so far."""
+    split = config.scenario
+    tags = {
+        "scenario": f"{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}",
+        "step": str(step),
+        "classes_seen": ",".join(classes_seen),
+        "strategy": config.strategy.name,
+        "learner": config.learner.name,
+    }
+    for name in METRICS:
+        tags[f"{name}_seen_mean"] = f"{matrices.step_mean(name, step):.6f}"
+    return tags
+
+
+def register_step_model(config: RunConfig, learner: torch.nn.Module, class_order: list[str], matrices: ResultMatrices, step: int, classes_seen: list[str]) -> ModelVersion:
+    """Log, register, tag and alias the model of ``step`` (inside the run's active MLflow run)."""
+    name = model_name(config)
+    with tempfile.TemporaryDirectory() as folder:
+        files = {WEIGHTS: Path(folder) / "weights.pt", CONFIG: Path(folder) / "config.json", CLASSES: Path(folder) / "classes.json"}
+        torch.save(learner.state_dict(), files[WEIGHTS])
+        files[CONFIG].write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        files[CLASSES].write_text(json.dumps(class_order))
+        info = mlflow.pyfunc.log_model(
+            name=f"model-step{step}",
+            python_model=str(CODE_PATH),
+            artifacts={key: str(path) for key, path in files.items()},
+            pip_requirements=pip_requirements(),
+            step=step,
+        )
+    tags = step_tags(config, matrices, step, classes_seen)
+    registered = mlflow.register_model(info.model_uri, name, tags=tags)
+    client = MlflowClient()
+    if deserves_champion(client, name, float(tags[f"{CHAMPION_METRIC}_seen_mean"]), config.tracking.registry.champion_margin):
+        client.set_registered_model_alias(name, CHAMPION, registered.version)
+    return client.get_model_version(name, registered.version)
+
+
+def deserves_champion(client: MlflowClient, name: str, candidate: float, margin: float) -> bool:
+    """True when there is no champion yet, or the candidate is not worse than it by more than ``margin``."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return True
+    best = float(champion.tags.get(f"{CHAMPION_METRIC}_seen_mean", "nan"))
+    if math.isnan(best):
+        return True
+    return not math.isnan(candidate) and candidate >= best - margin
