@@ -15,42 +15,23 @@ the trained learner (batch 16, feature caches off) and peak memory.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
 import tempfile
 from pathlib import Path
 
-from bench_ib_iumad import learner_images_per_second
+from common import QUICKSTART, REPO_ROOT, in_own_process, markdown_table, run_figures
 
-from incad.config import load_config
-from incad.runner import run_experiment
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LEARNERS = ("rlr", "cfm", "uni_rcm", "reconstruction", "ib_iumad")
 QUICKSTART_LEARNERS = {"reconstruction", "ib_iumad"}
+COLUMNS = {
+    "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro_30": "AUPRO@0.3", "aupro_1": "AUPRO@0.01", "fm": "FM (I-AUROC)",
+    "train_s": "train s", "images_per_s": "images/s", "peak_gib": "peak GiB",
+}
 
 
 def scenario_file(learner: str) -> Path:
     if learner in QUICKSTART_LEARNERS:
-        return REPO_ROOT / "experiments" / "quickstart.yaml"
+        return QUICKSTART
     return REPO_ROOT / "experiments" / "learners" / f"{learner}.yaml"
-
-
-def run_one(learner: str, overrides: list[str]) -> dict[str, float]:
-    """One learner's whole run (in a child process): its figures for the table."""
-    config = load_config(scenario_file(learner), overrides=[f"learner.name={learner}", *overrides])
-    result = run_experiment(config, show_progress=False)
-    summary = result.summary
-    return {
-        "i_auroc": summary["i_auroc/final_mean"],
-        "p_auroc": summary["p_auroc/final_mean"],
-        "aupro_30": summary["aupro_30/final_mean"],
-        "aupro_1": summary["aupro_1/final_mean"],
-        "fm": summary["i_auroc/fm"],
-        "train_s": sum(result.step_seconds),
-        "images_per_s": learner_images_per_second(result.learner, config.dataset.image_size),
-        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-    }
 
 
 def main() -> None:
@@ -65,7 +46,6 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown learners {unknown}; choose from {', '.join(LEARNERS)}")
     rows = {}
-    context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
         overrides = [
             f"training.epochs={args.epochs}",
@@ -76,17 +56,10 @@ def main() -> None:
             *args.set,
         ]
         for learner in learners:
-            with context.Pool(1) as pool:
-                rows[learner] = pool.apply(run_one, (learner, overrides))
+            rows[learner] = in_own_process(run_figures, scenario_file(learner), [f"learner.name={learner}", *overrides])
             print(f"done: {learner}", flush=True)
     print(f"\nquickstart scenario, naive, {args.epochs} epochs, {args.image_size} px\n")
-    print("| learner | I-AUROC | P-AUROC | AUPRO@0.3 | AUPRO@0.01 | FM (I-AUROC) | train s | images/s | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for learner, row in rows.items():
-        print(
-            f"| {learner} | {row['i_auroc']:.3f} | {row['p_auroc']:.3f} | {row['aupro_30']:.3f} | {row['aupro_1']:.3f} "
-            f"| {row['fm']:.3f} | {row['train_s']:.0f} | {row['images_per_s']:.1f} | {row['peak_gib']:.2f} |"
-        )
+    print(markdown_table(COLUMNS, rows, "learner"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Shared pieces of the benchmark scripts: random inputs, inference speed, runs in their own process, tables.
+
+Each measured run happens in a fresh spawned process, so the peak resident memory
+it reports (``ru_maxrss``) is that run's own and not the high-water mark of
+whatever ran before it in the benchmark.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from incad.data.sample import Batch
+from incad.learners.base import Learner
+from incad.models.backbones.cache import FeatureCache
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
+
+
+def random_batch(size: int, count: int = 16) -> Batch:
+    """A batch of random RGB, depth and point clouds (every pixel valid): inputs for speed measurements."""
+    return Batch(
+        image=torch.rand(count, 3, size, size), mask=torch.zeros(count, size, size), label=torch.zeros(count, dtype=torch.long),
+        object_id=torch.zeros(count, dtype=torch.long), defect_type=["good"] * count, path=[f"image-{i}" for i in range(count)],
+        depth=torch.rand(count, 1, size, size), xyz=torch.rand(count, 3, size, size), valid=torch.ones(count, size, size, dtype=torch.bool),
+    )
+
+
+def learner_images_per_second(learner: Learner, size: int, repeats: int = 3) -> float:
+    """Anomaly maps per second of a batch of 16 new images: every feature cache off, one warm-up batch."""
+    learner.eval()
+    for name, value in list(vars(learner).items()):
+        if isinstance(value, FeatureCache):
+            setattr(learner, name, None)
+    batch = random_batch(size)
+    with torch.inference_mode():
+        learner.anomaly_map(batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            learner.anomaly_map(batch)
+    return repeats * len(batch) / (time.perf_counter() - started)
+
+
+def peak_gib() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def in_own_process(function: Callable, *args: object) -> object:
+    """``function(*args)`` in a fresh spawned process (module-level functions only)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def run_figures(scenario: Path, overrides: Sequence[str]) -> dict[str, float]:
+    """One whole run (meant for :func:`in_own_process`): final means, FM, training time, speed, peak memory."""
+    from incad.config import load_config
+    from incad.runner import run_experiment
+
+    config = load_config(scenario, overrides=list(overrides))
+    result = run_experiment(config, show_progress=False)
+    summary = result.summary
+    return {
+        "i_auroc": summary["i_auroc/final_mean"],
+        "p_auroc": summary["p_auroc/final_mean"],
+        "aupro_30": summary["aupro_30/final_mean"],
+        "aupro_1": summary["aupro_1/final_mean"],
+        "fm": summary["i_auroc/fm"],
+        "train_s": sum(result.step_seconds),
+        "images_per_s": learner_images_per_second(result.learner, config.dataset.image_size),
+        "peak_gib": peak_gib(),
+    }
+
+
+def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> dict[str, float]:
+    """Images/s and peak memory of inference alone at ``size`` px (meant for :func:`in_own_process`)."""
+    from incad.config import load_config
+    from incad.runner import build_learner
+
+    config = load_config(scenario, overrides=[*overrides, f"dataset.image_size={size}"])
+    learner = build_learner(config, num_objects=len(config.scenario.classes) or config.scenario.num_classes)
+    return {"images_per_s": learner_images_per_second(learner, size), "peak_gib": peak_gib()}
+
+
+def markdown_table(columns: dict[str, str], rows: dict[str, dict[str, float]], first: str) -> str:
+    """A markdown table: one row per key of ``rows``, ``columns`` maps figure names to headers."""
+    lines = [f"| {first} | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, row in rows.items():
+        cells = [f"{row[key]:.3f}" if abs(row[key]) < 10 else f"{row[key]:.0f}" for key in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
