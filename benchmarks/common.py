@@ -88,10 +88,14 @@ def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> di
     return {"images_per_s": learner_images_per_second(learner, size), "peak_gib": peak_gib()}
 
 
+# How each figure is printed: metrics to 3 decimals, seconds and speeds to 1, memory to 2.
+FIGURE_FORMATS = {"train_s": ".1f", "images_per_s": ".1f", "infer_images_per_s": ".1f", "peak_gib": ".2f", "infer_peak_gib": ".2f"}
+
+
 def markdown_table(columns: dict[str, str], rows: dict[str, dict[str, float]], first: str) -> str:
     """A markdown table: one row per key of ``rows``, ``columns`` maps figure names to headers."""
     lines = [f"| {first} | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, row in rows.items():
-        cells = [f"{row[key]:.3f}" if abs(row[key]) < 10 else f"{row[key]:.0f}" for key in columns]
+        cells = [format(row[key], FIGURE_FORMATS.get(key, ".3f")) for key in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

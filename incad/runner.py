@@ -7,6 +7,7 @@ import logging
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,10 @@ def build_strategy(
 def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPlugin:
     """Avalanche evaluation: the step x object metrics, then the forgetting measure, logged to MLflow."""
     metrics = [AnomalyDetectionMetrics(matrices, config.evaluation.smoothing_sigma), ForgettingMeasureMetric(matrices)]
-    return EvaluationPlugin(*metrics, loggers=[MlflowLogger()] if config.tracking.enabled else [])
+    with warnings.catch_warnings():
+        # Without tracking the metrics still fill the matrices and results.json: Avalanche's warning would mislead.
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(*metrics, loggers=[MlflowLogger()] if config.tracking.enabled else [])
 
 
 def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = ()) -> RunResult:
