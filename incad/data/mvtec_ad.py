@@ -31,7 +31,7 @@ class MVTecADReader(MVTec3DReader):
         class_dir = Path(root) / class_name
         split_dir = class_dir / split
         _require_dir(split_dir, f"the {split} split of an MVTec AD class, holding good/NNN.png (and defect folders in test/)")
-        type_dirs = [split_dir / GOOD] if split == "train" else sorted(d for d in split_dir.iterdir() if d.is_dir())
+        type_dirs = [split_dir / GOOD] if split == "train" else sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         records = []
         for type_dir in type_dirs:
             _require_dir(type_dir, "a folder of PNG images NNN.png")

@@ -202,7 +202,6 @@ def preprocess_dataset(
     source = Path(source).resolve()
     listing_problems: list[DataError] | None = [] if on_bad_sample == "skip" else None
     classes = list(classes) if classes else reader.list_classes(source, listing_problems)
-    tasks = _list_tasks(reader, source, classes, listing_problems)
     key = {
         "version": PREPROCESS_VERSION,
         "reader": reader.name,
@@ -218,6 +217,8 @@ def preprocess_dataset(
         manifest = json.loads((target / MANIFEST).read_text())
         return PreprocessedDataset(target, manifest["skipped"], manifest["counts"], reused=True)
 
+    # Listed only on a cache miss: the key already covers every file, and listing reads the test masks.
+    tasks = _list_tasks(reader, source, classes, listing_problems)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = cache_root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -231,9 +232,9 @@ def preprocess_dataset(
                     raise error
                 skipped.append(str(error))
                 continue
+            class_counts = counts.setdefault(task.record.class_name, {})
             split = task.target.parts[1]
-            counts.setdefault(task.record.class_name, {}).setdefault(split, 0)
-            counts[task.record.class_name][split] += 1
+            class_counts[split] = class_counts.get(split, 0) + 1
         manifest = {"key": key, "skipped": skipped, "counts": counts}
         staging.mkdir(parents=True, exist_ok=True)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -66,9 +66,6 @@ class FeatureCache:
         else:
             self.store.put(f"{key}|{shape}", features.numpy())
 
-    def clear(self) -> None:
-        self._features.clear()
-
 
 def attach_disk_store(module: nn.Module, folder: str | Path) -> list[FeatureCache]:
     """Move every FeatureCache held by ``module`` or its sub-modules to disk under ``folder``/<extractor>."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -203,22 +203,10 @@ class MambaDecoder(nn.Module):
     LabelClassifier.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        grid_size: tuple[int, int],
-        num_blocks: int = 5,
-        num_heads: int = 8,
-        d_state: int = 16,
-        expand: int = 2,
-        dt_rank: int | Literal["auto"] = "auto",
-        attention_dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, dim: int, grid_size: tuple[int, int], num_blocks: int = 5, **block_options: Any) -> None:
+        """``block_options`` are :class:`MambaDecoderBlock`'s keyword arguments (num_heads, d_state, ...)."""
         super().__init__()
-        self.blocks = nn.ModuleList(
-            MambaDecoderBlock(dim, grid_size, num_heads, d_state, expand, dt_rank, attention_dropout)
-            for _ in range(num_blocks)
-        )
+        self.blocks = nn.ModuleList(MambaDecoderBlock(dim, grid_size, **block_options) for _ in range(num_blocks))
 
     def forward(self, tokens: Tensor) -> list[Tensor]:
         """(B, L, dim) -> ``num_blocks`` tensors of (B, L, dim), first block first."""
