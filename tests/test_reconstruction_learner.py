@@ -80,3 +80,12 @@ def test_cosine_map_ignores_feature_magnitude(tiny_dataset):
     assert torch.allclose(learner.token_distance(features, -features), torch.full((2, 16), 2.0), atol=1e-6)
     l2 = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
     assert torch.allclose(l2.token_distance(features, -features), 2 * features.norm(dim=-1))
+
+
+def test_image_size_not_a_multiple_of_16_uses_the_backbones_rounded_up_grid(tiny_dataset):
+    """72 px gives a 5x5 stride-16 grid (a block output rounds up), not 4x4."""
+    dataset = MVTec3DDataset(tiny_dataset, ["dome"], "train", image_size=72, object_ids={"dome": 0})
+    batch = collate([dataset[i] for i in range(2)])
+    learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=72).eval()
+    assert learner.grid == (5, 5)
+    assert learner.anomaly_map(batch).shape == (2, 5, 5)

@@ -70,8 +70,7 @@ class CFMLearner(Learner):
         super().__init__(modality)
         self.options = options
         self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
-        side = -(-image_size // self.backbone.stride)
-        self.grid = (side, side)
+        self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.channels_2d = self.backbone.out_channels
         self.channels_3d = FPFH_DIM if options.features_3d == "fpfh" else self.backbone.out_channels
         self.map_2d_to_3d = self.build_mapping(self.channels_2d, self.channels_3d)

@@ -42,7 +42,6 @@ Choices where the paper is silent, written down:
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 from pydantic import model_validator
@@ -56,7 +55,6 @@ from incad.learners.ib_iumad.loss import (
     information_bottleneck_term,
     rgb_classifier_term,
 )
-from incad.learners.reconstruction.loss import reconstruction_loss
 from incad.learners.reconstruction.torch_model import ReconstructionLearner, ReconstructionOptions
 from incad.models.layers import LabelClassifier, MambaDecoder
 from incad.plugins import LossTermPlugin
@@ -142,7 +140,7 @@ class IBIUMADLearner(ReconstructionLearner):
 
     def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
         terms = super().loss(outputs, batch)
-        if self.use_ibfm:
+        if self.use_ibfm and self.options.fusion_weight > 0:
             target = torch.cat([outputs[f"{m}/features"] for m in self.modalities], dim=-1)
             terms["fusion"] = self.options.fusion_weight * fusion_loss(target, outputs["fusion/reconstruction"])
         return terms

@@ -105,8 +105,7 @@ class ReconstructionLearner(ScaledModalityMaps):
         self.options = options
         self.num_objects = num_objects
         self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
-        grid_side = image_size // self.backbone.stride
-        self.grid = (grid_side, grid_side)
+        self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.reconstructors = nn.ModuleDict(
             {m: FeatureReconstructor(self.backbone.out_channels, self.grid, options) for m in self.modalities}
         )

@@ -106,10 +106,13 @@ class MultiScaleFeatures(nn.Module):
                 outputs.append(features)
         return outputs
 
+    def aligned_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The stride-16 grid of an image of this size: (ceil(H/16), ceil(W/16)), as a block output has."""
+        return math.ceil(height / self.stride), math.ceil(width / self.stride)
+
     def forward_aligned(self, images: Tensor) -> Tensor:
         """All taps on the stride-16 grid, concatenated: (B, out_channels, ceil(H/16), ceil(W/16))."""
-        grid = (math.ceil(images.shape[-2] / self.stride), math.ceil(images.shape[-1] / self.stride))
-        return align_to_grid(self(images), grid)
+        return align_to_grid(self(images), self.aligned_grid(*images.shape[-2:]))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, taps={self.taps}, strides={self.tap_strides}, channels={self.tap_channels}"
