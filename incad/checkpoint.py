@@ -121,6 +121,18 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def _floats_on(value: Any, device: torch.device) -> Any:
+    """``value`` with its floating-point tensors on ``device`` (importances, anchors, parameters);
+    integer tensors (buffer indices) stay where they are."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {key: _floats_on(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_floats_on(item, device) for item in value)
+    return value
+
+
 def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json: dict) -> RestoredRun:
     """Restore a strategy (learner, optimizer, plugins, clock), the matrices and the RNG states from ``path``.
 
@@ -136,6 +148,8 @@ def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json:
         )
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     strategy.model.load_state_dict(state["learner"])
+    # Avalanche moves the model only inside train(): move it now, so the optimizer state loads onto its device.
+    strategy.model.to(strategy.device)
     # Avalanche adds every model parameter to the optimizer on the first experience; do the same before loading its state.
     strategy.make_optimizer(reset_optimizer_state=True)
     strategy.optimizer.load_state_dict(state["optimizer"])
@@ -143,7 +157,7 @@ def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json:
     if set(plugins) != set(state["plugins"]):
         raise ConfigError(f"--resume: the checkpoint {path} holds the state of plugins {sorted(state['plugins'])}, the strategy has {sorted(plugins)}")
     for key, plugin in plugins.items():
-        plugin.load_state_dict(state["plugins"][key])
+        plugin.load_state_dict(_floats_on(state["plugins"][key], strategy.device))
     for name, matrix in state["matrices"].items():
         matrices.values[name] = matrix.numpy().copy()
     for name, value in meta["clock"].items():

@@ -118,7 +118,10 @@ class IUFPlugin(SupervisedPlugin):
             strategy.optimizer = torch.optim.SGD(strategy.model.parameters(), lr=self.incremental_lr)
 
     def before_backward(self, strategy, **kwargs) -> None:
-        if self.incremental(strategy) or not self.middle_features:
+        if self.incremental(strategy):
+            self.middle_features.clear()  # the compression loss is the base step's only: hold no activations
+            return
+        if not self.middle_features:
             return
         loss = strategy.loss.new_zeros(())
         for index, features in self.middle_features.items():
