@@ -22,6 +22,11 @@ def frozen_features(extract: Callable[[Tensor], Tensor], cache: FeatureCache | N
         return extract(inputs)
 
 
+def cosine_distance(predicted: Tensor, target: Tensor) -> Tensor:
+    """(B, L, C) pair -> (B, L): 1 - cosine similarity per token (scale-free, unlike L2)."""
+    return 1.0 - F.cosine_similarity(predicted, target, dim=-1)
+
+
 def valid_tokens(batch: Batch, grid: tuple[int, int]) -> Tensor:
     """(B, L) bool: tokens whose cell of the image has a 3-D point on at least half of its pixels.
 

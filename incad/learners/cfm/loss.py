@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
-
-def cosine_distance(predicted: Tensor, target: Tensor) -> Tensor:
-    """(B, L, C) pair -> (B, L): 1 - cosine similarity per token."""
-    return 1.0 - F.cosine_similarity(predicted, target, dim=-1)
+from incad.learners.features import cosine_distance
 
 
 def masked_mean(values: Tensor, valid: Tensor) -> Tensor:

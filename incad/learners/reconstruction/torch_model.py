@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
 from incad.learners.base import LearnerOptions, modality_input
-from incad.learners.features import ScaledModalityMaps, frozen_features
+from incad.learners.features import ScaledModalityMaps, cosine_distance, frozen_features
 from incad.learners.reconstruction.loss import reconstruction_loss
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.efficientnet import build_backbone
@@ -150,5 +149,5 @@ class ReconstructionLearner(ScaledModalityMaps):
     def token_distance(self, features: Tensor, reconstruction: Tensor) -> Tensor:
         """Per-token distance (B, L): L2 (UniAD) or 1 - cosine, as the options say."""
         if self.options.map_distance == "cosine":
-            return 1.0 - F.cosine_similarity(features, reconstruction, dim=-1)
+            return cosine_distance(features, reconstruction)
         return (features - reconstruction).norm(dim=-1)

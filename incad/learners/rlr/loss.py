@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
+
+from incad.learners.features import cosine_distance
 
 
 def token_error(reconstruction: Tensor, features: Tensor, with_mse: bool = True) -> Tensor:
@@ -14,7 +15,7 @@ def token_error(reconstruction: Tensor, features: Tensor, with_mse: bool = True)
     norm, which the code does not use. ``with_mse=False`` gives the cosine
     distance alone.
     """
-    cosine = 1.0 - F.cosine_similarity(reconstruction, features, dim=-1)
+    cosine = cosine_distance(reconstruction, features)
     if not with_mse:
         return cosine
     return (reconstruction - features).pow(2).mean(dim=-1) + cosine

@@ -36,9 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
-from incad.learners.cfm.loss import cosine_distance
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
-from incad.learners.features import valid_tokens
+from incad.learners.features import cosine_distance, valid_tokens
 from incad.learners.uni_rcm.loss import mapping_mse_term
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
 from incad.models.layers.residual_quantizer import ResidualQuantizer
