@@ -91,6 +91,10 @@ class ReplayBufferPlugin(ReplayPlugin):
         self.storage_policy.stream = strategy.experience.origin_stream
         super().before_training_exp(strategy, **kwargs)
 
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        """Avalanche's own hook calls the storage policy's deprecated ``update``; call ``post_adapt`` directly."""
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
     def state_dict(self) -> dict[str, Any]:
         return {"max_size": self.storage_policy.max_size, "groups": dict(self.storage_policy.groups)}
 
