@@ -22,14 +22,17 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import Tensor, nn
 
+from incad.models.layers.growing import register_growing_buffer
+
 KMEANS_ITERATIONS = 20
 
 
 class ResidualQuantizer(nn.Module):
     """``num_levels`` cascaded codebooks over ``dim``-dimensional features.
 
-    The codebooks are buffers, so they move with the module and are saved with
-    its state dict; they start empty and grow with every :meth:`extend`.
+    The codebooks are growing buffers (:func:`register_growing_buffer`): they
+    move with the module, are saved with its state dict, start empty, grow with
+    every :meth:`extend` and load into a freshly built quantizer.
     """
 
     def __init__(self, dim: int, num_levels: int = 4, codes_per_fit: int = 256, seed: int = 0) -> None:
@@ -41,7 +44,7 @@ class ResidualQuantizer(nn.Module):
         self.codes_per_fit = codes_per_fit
         self.seed = seed
         for level in range(num_levels):
-            self.register_buffer(f"codebook_{level}", torch.empty(0, dim))
+            register_growing_buffer(self, f"codebook_{level}", torch.empty(0, dim))
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))
 
     @property
