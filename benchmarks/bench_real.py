@@ -19,23 +19,28 @@ Rows (``--model``, repeatable):
   ``tf_efficientnet_lite0`` holding incad's Lite0 ImageNet weights, so both
   read identical features (the script prints the largest difference between
   incad's backbone taps and timm's). anomalib's own memory bank, KCenterGreedy
-  coreset, anomaly map and (reweighted) image score are kept as they are.
+  coreset, anomaly map and image score are kept as they are.
   Needs the optional extra: ``pip install -e '.[peer]'``.
-* ``LABEL=SPEC`` names a row.
+* ``LABEL=SPEC`` names a row. Default rows: Uni-RCM (RGB+3D), the
+  quickstart's reconstruction learner (each modality) and anomalib's PatchCore.
 
 Every metric is computed by incad.metrics on maps at the mask resolution
-(``--image-size``): incad's maps upsampled and smoothed by incad's evaluation,
-anomalib's as its model returns them. Columns: I-AUROC, P-AUROC, AUPRO@0.3,
-AUPRO@0.01; fit s (incad: all training steps, epochs and offline stages;
-anomalib: the training feature pass and the coreset); coreset s (anomalib:
-its KCenterGreedy selection alone; incad: the learner's gradient-free stages
-``fit`` + ``calibrate``, where a memory-bank learner selects its coreset, data
-reading and features included); images/s (batch of 16 new images, feature
-caches off); peak GiB (the row's process); MiB of the learned state (memory
-bank, or the learner's state without its frozen pretrained backbones).
+(``--image-size``): incad's maps upsampled and smoothed by incad's evaluation
+(bilinear, Gaussian sigma 4), anomalib's as its model returns them (nearest,
+Gaussian sigma 4) with its own reweighted image score. Columns: I-AUROC,
+P-AUROC, AUPRO@0.3, AUPRO@0.01; fit s (incad: all training steps, epochs and
+offline stages; anomalib: the training feature pass and the coreset); coreset s
+(anomalib: its KCenterGreedy selection alone; incad: the learner's
+gradient-free stages ``fit`` + ``calibrate``, where a memory-bank learner
+selects its coreset, data reading and features included); images/s (batch of
+16 new images, feature caches off; anomalib's includes the upsampling and blur
+that incad's evaluation does apart); peak GiB (the row's process); MiB of the
+learned state (memory bank, or the learner's state without its frozen
+pretrained backbones).
 
     .venv/bin/python benchmarks/bench_real.py \\
-        --model incad:experiments/learners/uni_rcm.yaml --model anomalib-patchcore \\
+        --model 'incad:experiments/learners/uni_rcm.yaml scenario.modality=rgb+depth' \\
+        --model 'incad:experiments/quickstart.yaml training.epochs=5' --model anomalib-patchcore \\
         [--root DIR --class-name NAME] [--modalities rgb,depth,rgb+depth] [--image-size 224] \\
         [--epochs N] [--set KEY=VALUE] [--device auto] [--quick] [--output outputs/bench_real]
 
@@ -50,6 +55,7 @@ import csv
 import filecmp
 import importlib.util
 import json
+import os
 import shlex
 import tempfile
 import time
@@ -61,7 +67,7 @@ from pathlib import Path
 from common import REPO_ROOT, images_per_second, in_own_process, markdown_table, measured_run, peak_gib
 from lite0_timm import incad_taps_of_timm_stages, lite0_state_for_timm
 
-from incad.config import parse_overrides, set_dotted
+from incad.config import parse_overrides, read_yaml, set_dotted
 from incad.errors import ConfigError, DataError
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -70,7 +76,8 @@ MERGED_CACHE = REPO_ROOT / ".cache" / "bench_real"
 SPLITS = ("train", "validation", "test")
 QUICK_LIMITS = {"train": 8, "validation": 2}
 MODALITIES = ("rgb", "depth", "rgb+depth")
-DEFAULT_MODELS = ("incad:experiments/learners/uni_rcm.yaml", "anomalib-patchcore")
+# Uni-RCM maps one modality onto the other, so it runs on RGB+3D only; the quickstart's reconstruction learner on each.
+DEFAULT_MODELS = ("incad:experiments/learners/uni_rcm.yaml scenario.modality=rgb+depth", "incad:experiments/quickstart.yaml", "anomalib-patchcore")
 INSTALL_PEER = "pip install -e '.[peer]'  (anomalib==2.7.0, pandas<3)"
 # anomalib's PatchCore defaults, with the issue's Lite0 taps (timm stages 2 and 4: strides 8 and 16).
 PATCHCORE_DEFAULTS = {"layers": ["blocks.2", "blocks.4"], "coreset_ratio": 0.1, "num_neighbors": 9}
@@ -206,13 +213,25 @@ def parse_rows(specs: Iterable[str], modalities: Sequence[str]) -> list[Row]:
                 scenario = REPO_ROOT / scenario
             if not scenario.is_file():
                 raise ConfigError(f"--model {spec!r}: no scenario YAML at {scenario}")
-            fixed = dict(parse_overrides(overrides)).get("scenario.modality")
+            settings = dict(parse_overrides(overrides))
+            fixed = settings.get("scenario.modality")
+            learner = settings.get("learner.name") or _learner_name(read_yaml(scenario))
+            name = label or " ".join([learner, *(item for item in overrides if not item.startswith(("scenario.modality=", "learner.name=")))])
             for modality in [fixed] if fixed else modalities:
-                name = label or " ".join([scenario.stem, *(item for item in overrides if not item.startswith("scenario.modality="))])
                 rows.append(Row(f"{name} ({modality})", "incad", modality, scenario, [*overrides, f"scenario.modality={modality}"]))
         else:
             raise ConfigError(f"--model {spec!r}: expected 'incad:PATH [KEY=VALUE ...]' or 'anomalib-patchcore [KEY=VALUE ...]'")
+    labels = [row.label for row in rows]
+    for index, row in enumerate(rows):
+        if labels.count(row.label) > 1:
+            row.label = f"{row.label} #{labels[: index + 1].count(row.label)}"
     return rows
+
+
+def _learner_name(raw: dict) -> str:
+    """The learner a scenario YAML names (``learner: name`` or ``learner: {name: ...}``)."""
+    learner = raw.get("learner")
+    return learner if isinstance(learner, str) else (learner or {}).get("name", "learner")
 
 
 def incad_overrides(dataset: dict, settings: dict, row: Row, extra: Sequence[str]) -> list[str]:
@@ -375,6 +394,8 @@ def main() -> None:
     for key, value in parse_overrides([f"{key}={json.dumps(value)}" for key, value in flat.items()] + [item.removeprefix("dataset.") for item in args.set if item.startswith("dataset.")]):
         set_dotted(raw, key, value)
     dataset = {"flat": flat, "config": raw, "class_name": class_name}
+    # Read by tqdm when it is imported: keeps anomalib's coreset progress bar out of the rows' processes' output.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     print(f"data: {root} class {class_name}: {count_samples(root, class_name)} samples; preprocessing ...", flush=True)
     dataset["prepared"] = in_own_process(prepare_real_data, dataset)
 

@@ -11,6 +11,7 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,9 +78,13 @@ def peak_gib() -> float:
 
 
 def in_own_process(function: Callable, *args: object) -> object:
-    """``function(*args)`` in a fresh spawned process (module-level functions only)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+    """``function(*args)`` in a fresh spawned process (module-level functions only).
+
+    The process is not a daemon (unlike a ``multiprocessing.Pool`` worker), so
+    the run may start processes of its own, as dataset preprocessing does.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def run_figures(scenario: Path, overrides: Sequence[str]) -> dict[str, float]:

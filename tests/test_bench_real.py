@@ -84,13 +84,15 @@ def test_model_specs_expand_to_one_row_per_modality_unless_the_row_sets_one():
         ["rgb", "rgb+depth"],
     )
     assert [(row.label, row.modality) for row in rows] == [
-        ("quickstart training.epochs=2 (rgb)", "rgb"),
-        ("quickstart training.epochs=2 (rgb+depth)", "rgb+depth"),
+        ("reconstruction training.epochs=2 (rgb)", "rgb"),
+        ("reconstruction training.epochs=2 (rgb+depth)", "rgb+depth"),
         ("mine (depth)", "depth"),
         ("anomalib-patchcore", "rgb"),
     ]
     assert rows[1].overrides == ["training.epochs=2", "scenario.modality=rgb+depth"]
     assert rows[3].options == {"layers": ["blocks.2", "blocks.4"], "coreset_ratio": 0.2, "num_neighbors": 9}
+    twice = parse_rows(["incad:experiments/quickstart.yaml", "incad:experiments/quickstart.yaml learner.name=rlr", "incad:experiments/quickstart.yaml"], ["rgb"])
+    assert [row.label for row in twice] == ["reconstruction (rgb) #1", "rlr (rgb)", "reconstruction (rgb) #2"]
     with pytest.raises(ConfigError, match="unknown anomalib-patchcore option 'ratio'"):
         parse_rows(["anomalib-patchcore ratio=0.2"], ["rgb"])
     with pytest.raises(ConfigError, match="no scenario YAML"):
