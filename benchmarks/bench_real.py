@@ -218,7 +218,8 @@ def parse_rows(specs: Iterable[str], modalities: Sequence[str]) -> list[Row]:
             learner = settings.get("learner.name") or _learner_name(read_yaml(scenario))
             name = label or " ".join([learner, *(item for item in overrides if not item.startswith(("scenario.modality=", "learner.name=")))])
             for modality in [fixed] if fixed else modalities:
-                rows.append(Row(f"{name} ({modality})", "incad", modality, scenario, [*overrides, f"scenario.modality={modality}"]))
+                with_modality = overrides if fixed else [*overrides, f"scenario.modality={modality}"]
+                rows.append(Row(f"{name} ({modality})", "incad", modality, scenario, with_modality))
         else:
             raise ConfigError(f"--model {spec!r}: expected 'incad:PATH [KEY=VALUE ...]' or 'anomalib-patchcore [KEY=VALUE ...]'")
     labels = [row.label for row in rows]
