@@ -11,13 +11,19 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from incad.data.sample import Batch
 from incad.learners.base import Learner
 from incad.models.backbones.cache import FeatureCache
+
+if TYPE_CHECKING:
+    from incad.config import RunConfig
+    from incad.runner import RunResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
@@ -38,13 +44,32 @@ def learner_images_per_second(learner: Learner, size: int, repeats: int = 3) -> 
     for name, value in list(vars(learner).items()):
         if isinstance(value, FeatureCache):
             setattr(learner, name, None)
-    batch = random_batch(size)
+    return images_per_second(learner.anomaly_map, size, module_device(learner), repeats)
+
+
+def images_per_second(infer: Callable[[Batch], object], size: int, device: torch.device, repeats: int = 3) -> float:
+    """Calls per second of ``infer`` on a random batch of 16 images on ``device``, after one warm-up call."""
+    batch = random_batch(size).to(device)
     with torch.inference_mode():
-        learner.anomaly_map(batch)
+        infer(batch)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(repeats):
-            learner.anomaly_map(batch)
+            infer(batch)
+        synchronize(device)
     return repeats * len(batch) / (time.perf_counter() - started)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's tensors live (CPU for a module without any)."""
+    tensor = next(iter(module.state_dict().values()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer stops when the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_gib() -> float:
@@ -53,20 +78,29 @@ def peak_gib() -> float:
 
 
 def in_own_process(function: Callable, *args: object) -> object:
-    """``function(*args)`` in a fresh spawned process (module-level functions only)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+    """``function(*args)`` in a fresh spawned process (module-level functions only).
+
+    The process is not a daemon (unlike a ``multiprocessing.Pool`` worker), so
+    the run may start processes of its own, as dataset preprocessing does.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def run_figures(scenario: Path, overrides: Sequence[str]) -> dict[str, float]:
     """One whole run (meant for :func:`in_own_process`): final means, FM, training time, speed, peak memory."""
     from incad.config import load_config
+
+    return measured_run(load_config(scenario, overrides=list(overrides)))[1]
+
+
+def measured_run(config: RunConfig) -> tuple[RunResult, dict[str, float]]:
+    """Run ``config`` and measure it: the run's result and its figures (see :func:`run_figures`)."""
     from incad.runner import run_experiment
 
-    config = load_config(scenario, overrides=list(overrides))
     result = run_experiment(config, show_progress=False)
     summary = result.summary
-    return {
+    return result, {
         "i_auroc": summary["i_auroc/final_mean"],
         "p_auroc": summary["p_auroc/final_mean"],
         "aupro_30": summary["aupro_30/final_mean"],
@@ -88,14 +122,17 @@ def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> di
     return {"images_per_s": learner_images_per_second(learner, size), "peak_gib": peak_gib()}
 
 
-# How each figure is printed: metrics to 3 decimals, seconds and speeds to 1, memory to 2.
-FIGURE_FORMATS = {"train_s": ".1f", "images_per_s": ".1f", "infer_images_per_s": ".1f", "peak_gib": ".2f", "infer_peak_gib": ".2f"}
+# How each figure is printed: metrics to 3 decimals, seconds, speeds and MiB to 1, GiB to 2.
+FIGURE_FORMATS = {
+    "train_s": ".1f", "fit_s": ".1f", "coreset_s": ".1f", "images_per_s": ".1f", "infer_images_per_s": ".1f",
+    "peak_gib": ".2f", "infer_peak_gib": ".2f", "state_mib": ".1f",
+}
 
 
 def markdown_table(columns: dict[str, str], rows: dict[str, dict[str, float]], first: str) -> str:
-    """A markdown table: one row per key of ``rows``, ``columns`` maps figure names to headers."""
+    """A markdown table: one row per key of ``rows``, ``columns`` maps figure names to headers; a missing figure shows "–"."""
     lines = [f"| {first} | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, row in rows.items():
-        cells = [format(row[key], FIGURE_FORMATS.get(key, ".3f")) for key in columns]
+        cells = ["–" if row.get(key) is None else format(row[key], FIGURE_FORMATS.get(key, ".3f")) for key in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
