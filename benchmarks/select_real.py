@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/select_real.py --candidates benchmarks/candidates_real.yaml [--only NAME ...]
 
 Steps: the real training and validation samples (default: the merged MVTec 3D-AD
-cable_gland subset of ``../shared/data``) are preprocessed with the run's
-recipe (cached), then :mod:`validation_proxy` makes a labelled set from the
+cable_gland subset of ``../shared/data``, linked as ``bench_real.py`` does) are
+preprocessed with the run's recipe (cached, shared with ``bench_real.py``), then :mod:`validation_proxy` makes a labelled set from the
 normal validation samples (each as it is, and with a pseudo-defect). Every
 candidate (a scenario YAML plus ``--set`` overrides) is trained on the training
 samples and evaluated on that set in its own process; the table gives the four
@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, in_own_process, markdown_table, run_figures  # noqa: E402
-from real_data import merged_real_root  # noqa: E402
+from bench_real import MERGED_CACHE, REAL_SOURCES, link_merged_root  # noqa: E402
 from validation_proxy import build_validation_proxy  # noqa: E402
 
 CACHE = REPO_ROOT / ".cache" / "select_real"
@@ -33,7 +33,7 @@ def prepared_class(root: Path, class_name: str, image_size: int) -> Path:
     from incad.config import DatasetConfig
     from incad.data.datasets import prepare_dataset
 
-    config = DatasetConfig(name="mvtec3d", root=root, image_size=image_size, preprocessing={"enabled": True}, cache_dir=CACHE / "data")
+    config = DatasetConfig(name="mvtec3d", root=root, image_size=image_size, preprocessing={"enabled": True})
     return prepare_dataset(config, [class_name], show_progress=True).root / class_name
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--class-name", default="cable_gland")
     args = parser.parse_args()
 
-    root = args.root or merged_real_root(CACHE / "merged")
+    root = args.root or link_merged_root(REAL_SOURCES, MERGED_CACHE / "cable_gland-merged")
     proxy_root = build_validation_proxy(prepared_class(root, args.class_name, 224), CACHE / "proxy")
     spec = yaml.safe_load(args.candidates.read_text())
     base = [
