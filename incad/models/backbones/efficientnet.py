@@ -22,11 +22,13 @@ Choices written down:
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -233,9 +235,27 @@ def packaged_lite0_state() -> StateDict:
 
 
 def _download_b_state(name: str) -> StateDict:
+    """The B* ImageNet weights from efficientnet_pytorch's release, cached in ``$TORCH_HOME/hub/checkpoints``.
+
+    The file name carries the first hex digits of the file's sha256 (torch
+    hub's convention). torch checks them only when it downloads, so a file
+    already in the cache is checked here; either way the file is read as
+    tensors only (``weights_only=True``), so a planted pickle runs nothing.
+    """
     url = url_map[name]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    published = torch.hub.HASH_REGEX.search(cached.name).group(1)
+    redo = f"Delete {cached} so that it is downloaded again, or pass weights='/path/to/{name}.pth'."
+    if cached.is_file():
+        with cached.open("rb") as handle:
+            if not hashlib.file_digest(handle, "sha256").hexdigest().startswith(published):
+                raise ConfigError(f"{cached}: not the published {name} weights (its sha256 does not start with {published}, the hash in {url}). {redo}")
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(f"{cached}: not a tensors-only state dict of {name} (it holds other Python objects, which are never unpickled). {redo}") from None
+    except RuntimeError as error:  # torch's hash check of a fresh download
+        raise ConfigError(f"{url}: the download does not match the hash in its name ({error}). Try again later, or pass weights='/path/to/{name}.pth'.") from None
     except OSError as error:
         raise ConfigError(
             f"backbone {name}: cannot download its ImageNet weights ({error}). "
