@@ -7,6 +7,7 @@ paragraph naming the key or file, with exit code 2, instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -63,6 +64,7 @@ def _predict(args: argparse.Namespace) -> int:
     from incad.predict import predict, summary
     from incad.tracking.mlflow_tracker import resolve_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files; bars would bury an error line
     mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
     try:
         prediction = predict(args.model, args.inputs, args.out, overwrite=args.overwrite)

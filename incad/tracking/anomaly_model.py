@@ -204,8 +204,8 @@ class AnomalyDetector:
             learner = build_learner(config, num_objects=len(class_order))
         try:
             state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError) as error:
-            raise IncadError(f"{source}: {WEIGHTS} is not a tensors-only state dict ({error}). {RETRAIN}") from None
+        except (RuntimeError, pickle.UnpicklingError):
+            raise IncadError(f"{source}: {WEIGHTS} is not a tensors-only state dict (other Python objects are never unpickled). {RETRAIN}") from None
         learner.load_state_dict(state)
         return cls(config, class_order, learner)
 
