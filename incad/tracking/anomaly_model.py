@@ -21,14 +21,17 @@ It never reads ``MLmodel``, imports nothing from the artifacts and unpickles
 nothing but tensors.
 
 The model stays a usable MLflow pyfunc (``mlflow.pyfunc.load_model``,
-``mlflow models serve``) through MLflow's ``loader_module`` flavour: the
-``MLmodel`` names this module and the relative data folder, MLflow imports
-the module from the installed environment and calls :func:`_load_pyfunc` on
-the data folder, which applies the same version and manifest checks. Nothing
-in the artifacts is imported or run, and the ``MLmodel`` holds no absolute
-path. What that route cannot check: MLflow itself trusts the ``MLmodel``
-file (an edited one could name another loader), and a local folder has no
-tracking-store tag to check the manifest against; use
+``mlflow models serve``) through MLflow's ``loader_module`` flavour rather
+than models from code (whose file, even at a relative path, is executed from
+the artifacts): the ``MLmodel`` names this module and the relative data
+folder, MLflow imports the module from the installed environment and calls
+:func:`_load_pyfunc` on the data folder, which applies the same version and
+manifest checks. Nothing in the artifacts is imported or run, and no path of
+the logging machine's files is recorded (MLflow's own ``artifact_path`` in
+``MLmodel`` is the store's address of the model). What that route cannot
+check: MLflow trusts the ``MLmodel`` file (an edited one can name another
+loader, e.g. models from code, and MLflow will run it), and a local folder
+has no tracking-store tag to check the manifest against; use
 :func:`load_registered_model` where the artifact store is not trusted.
 
 Input: a pandas DataFrame with a column ``image`` (paths of RGB images) and,
@@ -61,6 +64,7 @@ from incad.data.mvtec3d import MVTEC3D, MVTec3DDataset, Record
 from incad.data.sample import collate
 from incad.errors import DataError, IncadError
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
+from incad.registry import LEARNERS
 
 LOADER_MODULE = __name__
 DATA_FOLDER = "anomaly_model"  # MLflow stores it as data/anomaly_model
@@ -77,14 +81,10 @@ def sha256_of(path: Path) -> str:
 
 
 def portable_config(config: RunConfig) -> dict:
-    """The run config without the logging machine's paths, none of which prediction reads.
-
-    A backbone weights *file* becomes "random": the state dict holds the
-    trained backbone, and the file exists only on the logging machine.
-    """
+    """The run config without the logging machine's paths (prediction reads none of them): each becomes its last component."""
     options = config.learner_options()
     if options.get("backbone_weights", "imagenet") not in PRETRAINED_BACKBONES:
-        options["backbone_weights"] = "random"
+        options["backbone_weights"] = Path(options["backbone_weights"]).name
     root = config.dataset.root
     portable = config.model_copy(
         update={
@@ -95,6 +95,19 @@ def portable_config(config: RunConfig) -> dict:
         }
     )
     return portable.model_dump(mode="json")
+
+
+def without_pretrained_backbone(config: RunConfig) -> RunConfig:
+    """The config to rebuild the learner with: random backbone weights.
+
+    The state dict, loaded strictly, replaces every backbone tensor, so
+    prediction reads no ImageNet weights (no download) and needs no weights
+    file of the logging machine.
+    """
+    if "backbone_weights" not in LEARNERS.get(config.learner.name).Options.model_fields:
+        return config
+    options = {**config.learner_options(), "backbone_weights": "random"}
+    return config.model_copy(update={"learner": NamedSection(name=config.learner.name, **options)})
 
 
 def write_model_data(config: RunConfig, learner: torch.nn.Module, class_order: list[str], folder: Path) -> str:
@@ -144,11 +157,11 @@ def _load_pyfunc(data_path: str) -> AnomalyDetector:
     return AnomalyDetector.from_folder(Path(data_path), str(data_path))
 
 
-def verified_manifest(folder: Path, source: str) -> dict:
-    """The manifest, once the installed incad's version matches it and every data file matches its sha256."""
+def check_manifest(folder: Path, source: str) -> None:
+    """Refuse a model of another incad version, or whose data files do not match their sha256 in the manifest."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        version, digests = manifest["incad_version"], manifest["sha256"]
+        version, digests = manifest["incad_version"], dict(manifest["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise IncadError(f"{source}: unreadable {MANIFEST} ({error}). {RETRAIN}") from None
     if version != incad.__version__:
@@ -160,7 +173,6 @@ def verified_manifest(folder: Path, source: str) -> dict:
         path = folder / name
         if not path.is_file() or digests.get(name) != sha256_of(path):
             raise IncadError(f"{source}: {name} is missing or differs from the sha256 in its {MANIFEST}. {RETRAIN}")
-    return manifest
 
 
 class PredictionDataset(MVTec3DDataset):
@@ -193,15 +205,15 @@ class AnomalyDetector:
 
     @classmethod
     def from_folder(cls, folder: Path, source: str) -> AnomalyDetector:
-        """Verify the data files in ``folder`` (see :func:`verified_manifest`) and rebuild the learner from them."""
+        """Check the data files in ``folder`` (see :func:`check_manifest`) and rebuild the learner from them."""
         from incad.runner import build_learner  # here: the runner imports this module through the registry
 
-        verified_manifest(folder, source)
+        check_manifest(folder, source)
         config = validate_config(json.loads((folder / CONFIG).read_text()), source=f"{source}: {CONFIG}")
         class_order = json.loads((folder / CLASSES).read_text())
-        with warnings.catch_warnings():  # a "random" backbone is replaced by the trained one just below
+        with warnings.catch_warnings():  # the random backbone is replaced by the trained one just below
             warnings.filterwarnings("ignore", message=".*has random weights")
-            learner = build_learner(config, num_objects=len(class_order))
+            learner = build_learner(without_pretrained_backbone(config), num_objects=len(class_order))
         try:
             state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError):
