@@ -7,6 +7,7 @@ paragraph naming the key or file, with exit code 2, instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -63,9 +64,10 @@ def _predict(args: argparse.Namespace) -> int:
     from incad.predict import predict, summary
     from incad.tracking.mlflow_tracker import resolve_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files; bars would bury an error line
     mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
     try:
-        prediction = predict(args.model, args.inputs, args.out)
+        prediction = predict(args.model, args.inputs, args.out, overwrite=args.overwrite)
     except mlflow.exceptions.MlflowException as exc:
         raise IncadError(f"--model {args.model}: {exc.message} (registry {mlflow.get_tracking_uri()}; pass --tracking-uri or set MLFLOW_TRACKING_URI)") from None
     print(summary(prediction))
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="a model URI, e.g. models:/quickstart@champion")
     predict.add_argument("inputs", type=Path, nargs="+", help="RGB image files or folders (xyz/NNN.tiff siblings are used for depth)")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder for scores and overlays")
+    predict.add_argument("--overwrite", action="store_true", help="replace an earlier prediction (scores.csv, scores.json, overlays) in --out")
     predict.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     predict.set_defaults(handler=_predict)
 

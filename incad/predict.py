@@ -1,23 +1,26 @@
 """``incad predict``: score image files with a registered model (``models:/<name>@champion``).
 
-Needs only the registry: the pyfunc model rebuilds its learner from the
-weights and config stored with it. Inputs are RGB files or folders (searched
-recursively, ground-truth ``gt/`` folders skipped); a point cloud is taken
-from the MVTec 3D-AD sibling ``../xyz/<stem>.tiff`` when the model uses
-depth. Writes ``scores.json``, ``scores.csv`` and an overlay PNG per image.
+Needs only the registry: the installed incad rebuilds the learner from the
+verified weights and config stored with the model (no code from the model
+runs, see :mod:`incad.tracking.anomaly_model`). Inputs are RGB files or
+folders (searched recursively, ground-truth ``gt/`` folders skipped); a point
+cloud is taken from the MVTec 3D-AD sibling ``../xyz/<stem>.tiff`` when the
+model uses depth. Writes ``scores.json``, ``scores.csv`` and an overlay PNG
+per image; ``--out`` is checked before the model is loaded, and an earlier
+prediction there is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
@@ -25,9 +28,12 @@ from PIL import Image  # noqa: E402
 
 from incad.data.mvtec3d import XYZ_SUFFIXES, load_rgb  # noqa: E402
 from incad.errors import DataError  # noqa: E402
+from incad.tracking.anomaly_model import load_registered_model  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SKIPPED_FOLDERS = {"gt", "xyz"}
+SCORE_FILES = ("scores.json", "scores.csv")
+OVERLAY_PATTERN = "[0-9][0-9][0-9][0-9]_*_overlay.png"
 
 
 @dataclass
@@ -75,11 +81,38 @@ def overlay(image_path: Path, anomaly_map: np.ndarray, low: float, high: float, 
     return out
 
 
-def predict(model_uri: str, paths: list[Path], out_dir: Path) -> Prediction:
-    """Score every image with the model at ``model_uri``; write scores and overlays into ``out_dir``."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    frame = model.predict(collect_inputs(paths))
-    out_dir.mkdir(parents=True, exist_ok=True)
+def earlier_prediction(out_dir: Path) -> list[Path]:
+    """The files an earlier ``incad predict`` wrote into ``out_dir``."""
+    return sorted([*(out_dir / name for name in SCORE_FILES if (out_dir / name).exists()), *out_dir.glob(OVERLAY_PATTERN)])
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir`` and make sure the scores can go there, before any model is loaded."""
+    hint = "Pass another --out folder."
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(out_dir, "is a file, not a folder.", hint)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as error:
+        raise DataError(out_dir, f"cannot be written ({error.strerror}).", hint) from None
+    earlier = earlier_prediction(out_dir)
+    if earlier and not overwrite:
+        names = ", ".join(path.name for path in earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        raise DataError(out_dir, f"already holds an earlier prediction ({names}).", "Pass --overwrite to replace it, or another --out folder.")
+
+
+def predict(model_uri: str, paths: list[Path], out_dir: Path, overwrite: bool = False) -> Prediction:
+    """Score every image with the model at ``model_uri``; write scores and overlays into ``out_dir``.
+
+    An earlier prediction in ``out_dir`` is refused unless ``overwrite``; then
+    its files are removed once the new scores exist, so overlays never mix.
+    """
+    check_out_dir(out_dir, overwrite)
+    inputs = collect_inputs(paths)
+    frame = load_registered_model(model_uri).predict(inputs)
+    for path in earlier_prediction(out_dir):
+        path.unlink()
     maps = np.stack(frame["anomaly_map"].to_list())
     low, high = float(maps.min()), float(maps.max())  # one scale for all overlays, so they compare
     overlays = []

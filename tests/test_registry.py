@@ -74,12 +74,12 @@ def test_champion_margin_decides(registered):
     assert deserves_champion(client, "no-such-model", 0.1, margin=0.0)
 
 
-def test_logged_model_is_weights_and_config_not_a_pickle(registered):
+def test_logged_model_is_weights_and_config_not_a_pickle_or_code(registered):
     version = registered["client"].get_model_version(MODEL, "3")
     local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=registered["uri"], dst_path=str(registered["folder"] / "dl")))
     files = {path.name for path in local.rglob("*") if path.is_file()}
-    assert {"weights.pt", "config.json", "classes.json", "anomaly_model_code.py", "MLmodel"} <= files
-    assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle")) for name in files)
+    assert {"weights.pt", "config.json", "classes.json", "manifest.json", "MLmodel"} <= files
+    assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle", ".py")) for name in files)
 
 
 def test_predict_by_alias_in_a_new_process(registered, tiny_dataset, tmp_path):

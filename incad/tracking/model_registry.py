@@ -1,7 +1,8 @@
 """Registering the retrained model after every step in the MLflow model registry.
 
-Each step's model is logged as the pyfunc model of ``anomaly_model.py``
-(weights + config + class order, no pickled module), registered under
+Each step's model is logged as the data-only pyfunc model of ``anomaly_model.py``
+(weights, config, class order and their manifest; no code and no pickled
+module; the manifest's sha256 is a tag of the logged model), registered under
 ``tracking.registry.model_name`` (default: the run name) with tags for the
 scenario, step, classes seen, strategy, learner and the step's mean metrics
 on the classes seen so far. ``champion`` moves to the new version only if its
@@ -13,7 +14,6 @@ newest version.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from incad.config import RunConfig
 from incad.evaluation.results import METRICS, ResultMatrices
-from incad.tracking.anomaly_model import CLASSES, CODE_PATH, CONFIG, WEIGHTS
+from incad.tracking.anomaly_model import DATA_FOLDER, LOADER_MODULE, MANIFEST_TAG, write_model_data
 
 CHAMPION = "champion"
 CHAMPION_METRIC = "i_auroc"
@@ -69,15 +69,14 @@ def register_step_model(config: RunConfig, learner: torch.nn.Module, class_order
     """Log, register, tag and alias the model of ``step`` (inside the run's active MLflow run)."""
     name = model_name(config)
     with tempfile.TemporaryDirectory() as folder:
-        files = {WEIGHTS: Path(folder) / "weights.pt", CONFIG: Path(folder) / "config.json", CLASSES: Path(folder) / "classes.json"}
-        torch.save(learner.state_dict(), files[WEIGHTS])
-        files[CONFIG].write_text(json.dumps(config.model_dump(mode="json"), indent=2))
-        files[CLASSES].write_text(json.dumps(class_order))
+        data = Path(folder) / DATA_FOLDER
+        manifest_sha256 = write_model_data(config, learner, class_order, data)
         info = mlflow.pyfunc.log_model(
             name=f"model-step{step}",
-            python_model=str(CODE_PATH),
-            artifacts={key: str(path) for key, path in files.items()},
+            loader_module=LOADER_MODULE,
+            data_path=str(data),
             pip_requirements=pip_requirements(),
+            tags={MANIFEST_TAG: manifest_sha256},
             step=step,
         )
     tags = step_tags(config, matrices, step, classes_seen)

