@@ -150,7 +150,7 @@ def test_a_kill_during_the_checkpoint_write_logs_each_step_once(uninterrupted, m
 
     def killed_after_state(state, file, *args, **kwargs):
         real_save(state, file, *args, **kwargs)
-        if "step_1.partial" in str(getattr(file, "name", file)):
+        if "step_1.partial" in str(file.name if hasattr(file, "write") else file):
             raise SimulatedKill("killed while writing step_1")
 
     monkeypatch.setattr(torch, "save", killed_after_state)
