@@ -43,7 +43,8 @@ STEP_FOLDER = re.compile(r"^step_(\d+)$")
 # Config keys that say where a run's files live, not what it computes: a copied output folder still resumes.
 LOCATION_KEYS = ("output_dir",)
 STATE_SECTIONS = ("learner", "optimizer", "plugins", "matrices", "rng")
-META_FIELDS = {"step": int, "config": dict, "step_seconds": list, "clock": dict}
+META_FIELDS = {"step": int, "config": dict, "mlflow_run_id": (str, type(None)), "step_seconds": list, "clock": dict}
+RNG_STATES = {"python", "numpy", "torch", "cuda"}
 
 
 class UnusableCheckpoint(Exception):
@@ -177,7 +178,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UnusableCheckpoint(f"meta.json holds a {type(meta).__name__}, not the checkpoint's fields")
     for field, kind in META_FIELDS.items():
-        if not isinstance(meta.get(field), kind):
+        if field not in meta or not isinstance(meta[field], kind):
             raise UnusableCheckpoint(f"meta.json has no valid '{field}'")
     if f"step_{meta['step']}" != path.name:
         raise UnusableCheckpoint(f"meta.json is of step {meta['step']}, not of its folder")
@@ -194,8 +195,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         state = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch reports a damaged file as RuntimeError, UnpicklingError, EOFError, ...
         first_sentence = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "no detail"
-        raise UnusableCheckpoint(f"state.pt is truncated or corrupt ({type(exc).__name__}: {first_sentence})") from None
-    if not isinstance(state, dict) or any(not isinstance(state.get(section), dict) for section in STATE_SECTIONS):
+        raise UnusableCheckpoint(f"state.pt is truncated, corrupt or holds more than tensors ({type(exc).__name__}: {first_sentence})") from None
+    if not isinstance(state, dict) or any(not isinstance(state.get(section), dict) for section in STATE_SECTIONS) or not RNG_STATES <= set(state["rng"]):
         raise UnusableCheckpoint(f"state.pt lacks one of its sections {', '.join(STATE_SECTIONS)}")
     return state
 

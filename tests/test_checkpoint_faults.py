@@ -77,9 +77,9 @@ def wrong_learner_shape(path: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
-    "state-truncated": ("state.pt", truncate, "state.pt is truncated or corrupt"),
+    "state-truncated": ("state.pt", truncate, "state.pt is truncated, corrupt"),
     "state-empty": ("state.pt", lambda path: path.write_bytes(b""), "state.pt is empty"),
-    "state-random": ("state.pt", lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "state.pt is truncated or corrupt"),
+    "state-random": ("state.pt", lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "state.pt is truncated, corrupt"),
     "state-missing": ("state.pt", Path.unlink, "state.pt is missing"),
     "state-wrong-shape": ("state.pt", wrong_learner_shape, "learner tensors of another shape"),
     "meta-truncated": ("meta.json", truncate, "meta.json is not valid JSON"),
