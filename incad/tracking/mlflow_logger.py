@@ -14,7 +14,6 @@ import math
 import numbers
 from collections import defaultdict
 
-import mlflow
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.logging import BaseLogger
 
