@@ -12,7 +12,11 @@ writes ``<output_dir>/<name>/checkpoints/step_<k>/``:
   per-step training times and Avalanche's clock counters.
 
 A step folder is written under a temporary name and renamed when complete, so
-a run killed while writing leaves the previous step as the last checkpoint.
+a run killed while writing leaves the previous step as the last checkpoint; a
+write that fails (a full disk) removes its temporary folder and says why.
+``--resume`` restores the last step folder that reads and fits the freshly
+built strategy, logging each later one it skips and why; everything is checked
+before anything is restored, so a bad checkpoint leaves nothing half-loaded.
 Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill,
 which loads by executing code; this module never does.
 """
@@ -20,6 +24,7 @@ which loads by executing code; this module never does.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -30,10 +35,20 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from incad.errors import ConfigError
+from incad.errors import ConfigError, OutputError, os_error_reason
 from incad.evaluation.results import ResultMatrices
+from incad.models.layers.growing import growing_buffer_names
 
 STEP_FOLDER = re.compile(r"^step_(\d+)$")
+# Config keys that say where a run's files live, not what it computes: a copied output folder still resumes.
+LOCATION_KEYS = ("output_dir",)
+STATE_SECTIONS = ("learner", "optimizer", "plugins", "matrices", "rng")
+META_FIELDS = {"step": int, "config": dict, "mlflow_run_id": (str, type(None)), "step_seconds": list, "clock": dict}
+RNG_STATES = {"python", "numpy", "torch", "cuda"}
+
+
+class UnusableCheckpoint(Exception):
+    """A step folder that cannot be restored; the message says why, in a few words."""
 
 
 @runtime_checkable
@@ -89,11 +104,14 @@ def _clock_counters(strategy) -> dict[str, int]:
 
 
 def save_checkpoint(folder: Path, step: int, strategy, matrices: ResultMatrices, config_json: dict, mlflow_run_id: str | None, step_seconds: list[float]) -> Path:
-    """Write the checkpoint of completed ``step`` into ``folder/step_<step>``; returns that path."""
+    """Write the checkpoint of completed ``step`` into ``folder/step_<step>``; returns that path.
+
+    A failed write (full disk, read-only file system) removes the ``.partial``
+    folder and raises an :class:`OutputError` naming the folder and the cause.
+    """
     target = folder / f"step_{step}"
     partial = folder / f"step_{step}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     state = {
         "learner": strategy.model.state_dict(),
         "optimizer": strategy.optimizer.state_dict(),
@@ -101,7 +119,6 @@ def save_checkpoint(folder: Path, step: int, strategy, matrices: ResultMatrices,
         "matrices": {name: torch.from_numpy(matrix.copy()) for name, matrix in matrices.values.items()},
         "rng": _rng_state(),
     }
-    torch.save(state, partial / "state.pt")
     meta = {
         "step": step,
         "config": config_json,
@@ -109,16 +126,33 @@ def save_checkpoint(folder: Path, step: int, strategy, matrices: ResultMatrices,
         "step_seconds": step_seconds,
         "clock": _clock_counters(strategy),
     }
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    try:
+        partial.mkdir(parents=True)
+        # Through a Python file, a full disk is an OSError with its errno (torch's own writer says "unexpected pos").
+        with open(partial / "state.pt", "wb") as file:
+            torch.save(state, file)
+        (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise OutputError(
+            f"{target}: cannot write the checkpoint of step {step}: {os_error_reason(exc)} (the incomplete {partial.name} was removed). "
+            "Free space or set output_dir to a writable disk, then continue with --resume."
+        ) from None
     return target
+
+
+def step_folders(folder: Path) -> list[Path]:
+    """The folders of the completed steps, last step first."""
+    steps = [(int(match.group(1)), path) for path in folder.glob("step_*") if path.is_dir() and (match := STEP_FOLDER.match(path.name))]
+    return [path for _, path in sorted(steps, reverse=True)]
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The folder of the last completed step, or None when there is none."""
-    steps = [(int(match.group(1)), path) for path in folder.glob("step_*") if path.is_dir() and (match := STEP_FOLDER.match(path.name))]
-    return max(steps)[1] if steps else None
+    steps = step_folders(folder)
+    return steps[0] if steps else None
 
 
 def _floats_on(value: Any, device: torch.device) -> Any:
@@ -133,30 +167,86 @@ def _floats_on(value: Any, device: torch.device) -> Any:
     return value
 
 
-def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json: dict) -> RestoredRun:
-    """Restore a strategy (learner, optimizer, plugins, clock), the matrices and the RNG states from ``path``.
+def _read_meta(path: Path) -> dict[str, Any]:
+    file = path / "meta.json"
+    if not file.is_file():
+        raise UnusableCheckpoint("meta.json is missing")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnusableCheckpoint(f"meta.json is not valid JSON, truncated or corrupt ({exc})") from None
+    if not isinstance(meta, dict):
+        raise UnusableCheckpoint(f"meta.json holds a {type(meta).__name__}, not the checkpoint's fields")
+    for field, kind in META_FIELDS.items():
+        if field not in meta or not isinstance(meta[field], kind):
+            raise UnusableCheckpoint(f"meta.json has no valid '{field}'")
+    if f"step_{meta['step']}" != path.name:
+        raise UnusableCheckpoint(f"meta.json is of step {meta['step']}, not of its folder")
+    return meta
 
-    The strategy must be freshly built from the same config; a checkpoint of a
-    different config is refused, naming the keys that differ.
-    """
-    meta = json.loads((path / "meta.json").read_text())
-    if meta["config"] != config_json:
-        changed = sorted(key for key in set(meta["config"]) | set(config_json) if meta["config"].get(key) != config_json.get(key))
+
+def _read_state(path: Path) -> dict[str, Any]:
+    file = path / "state.pt"
+    if not file.is_file():
+        raise UnusableCheckpoint("state.pt is missing")
+    if file.stat().st_size == 0:
+        raise UnusableCheckpoint("state.pt is empty")
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch reports a damaged file as RuntimeError, UnpicklingError, EOFError, ...
+        first_sentence = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "no detail"
+        raise UnusableCheckpoint(f"state.pt is truncated, corrupt or holds more than tensors ({type(exc).__name__}: {first_sentence})") from None
+    if not isinstance(state, dict) or any(not isinstance(state.get(section), dict) for section in STATE_SECTIONS) or not RNG_STATES <= set(state["rng"]):
+        raise UnusableCheckpoint(f"state.pt lacks one of its sections {', '.join(STATE_SECTIONS)}")
+    return state
+
+
+def _run_defining(config_json: dict) -> dict:
+    return {key: value for key, value in config_json.items() if key not in LOCATION_KEYS}
+
+
+def _check_fits(path: Path, meta: dict, state: dict, strategy, matrices: ResultMatrices, config_json: dict) -> None:
+    """Refuse a checkpoint of another config (ConfigError); skip one whose tensors do not fit (UnusableCheckpoint)."""
+    saved_config, config = _run_defining(meta["config"]), _run_defining(config_json)
+    if saved_config != config:
+        changed = sorted(key for key in set(saved_config) | set(config) if saved_config.get(key) != config.get(key))
         raise ConfigError(
             f"--resume: the checkpoint {path} was written with a different configuration (sections {', '.join(changed)} differ); "
             "resume with the same YAML and --set values, or run without --resume to start again"
         )
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    plugins = stateful_plugins(strategy)
+    if set(plugins) != set(state["plugins"]):
+        raise ConfigError(f"--resume: the checkpoint {path} holds the state of plugins {sorted(state['plugins'])}, the strategy has {sorted(plugins)}")
+    expected, saved = strategy.model.state_dict(), state["learner"]
+    if expected.keys() != saved.keys():
+        raise UnusableCheckpoint(f"state.pt holds other learner tensors ({len(saved.keys() - expected.keys())} unexpected, {len(expected.keys() - saved.keys())} missing)")
+    growing = set(growing_buffer_names(strategy.model))
+    wrong = [key for key, tensor in expected.items() if isinstance(tensor, torch.Tensor) and key not in growing and getattr(saved[key], "shape", None) != tensor.shape]
+    if wrong:
+        raise UnusableCheckpoint(f"state.pt holds learner tensors of another shape ({', '.join(wrong[:3])})")
+    saved_matrices = state["matrices"]
+    if saved_matrices.keys() != matrices.values.keys() or any(getattr(saved_matrices[name], "shape", None) != matrix.shape for name, matrix in matrices.values.items()):
+        raise UnusableCheckpoint("state.pt holds result matrices of another shape")
+
+
+def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json: dict) -> RestoredRun:
+    """Restore a strategy (learner, optimizer, plugins, clock), the matrices and the RNG states from ``path``.
+
+    The strategy must be freshly built from the same config; a checkpoint of a
+    different config (its output location aside) is refused, naming the keys
+    that differ. A checkpoint that cannot be read or does not fit raises
+    :class:`UnusableCheckpoint` before anything is restored.
+    """
+    meta = _read_meta(path)
+    state = _read_state(path)
+    _check_fits(path, meta, state, strategy, matrices, config_json)
     strategy.model.load_state_dict(state["learner"])
     # Avalanche moves the model only inside train(): move it now, so the optimizer state loads onto its device.
     strategy.model.to(strategy.device)
     # Avalanche adds every model parameter to the optimizer on the first experience; do the same before loading its state.
     strategy.make_optimizer(reset_optimizer_state=True)
     strategy.optimizer.load_state_dict(state["optimizer"])
-    plugins = stateful_plugins(strategy)
-    if set(plugins) != set(state["plugins"]):
-        raise ConfigError(f"--resume: the checkpoint {path} holds the state of plugins {sorted(state['plugins'])}, the strategy has {sorted(plugins)}")
-    for key, plugin in plugins.items():
+    for key, plugin in stateful_plugins(strategy).items():
         plugin.load_state_dict(_floats_on(state["plugins"][key], strategy.device))
     for name, matrix in state["matrices"].items():
         matrices.values[name] = matrix.numpy().copy()
@@ -164,3 +254,20 @@ def load_checkpoint(path: Path, strategy, matrices: ResultMatrices, config_json:
         setattr(strategy.clock, name, value)
     _restore_rng(state["rng"])
     return RestoredRun(meta["step"], meta["mlflow_run_id"], list(meta["step_seconds"]))
+
+
+def resume_latest(folder: Path, strategy, matrices: ResultMatrices, config_json: dict) -> RestoredRun:
+    """Restore the last step checkpoint of ``folder`` that can be restored, logging each later one skipped and why."""
+    steps = step_folders(folder)
+    if not steps:
+        raise ConfigError(f"--resume: no completed step checkpoint in {folder}; run without --resume to start from the first step")
+    skipped = []
+    for path in steps:
+        try:
+            return load_checkpoint(path, strategy, matrices, config_json)
+        except UnusableCheckpoint as reason:
+            logging.getLogger("incad").warning("--resume: skipping the checkpoint %s: %s", path, reason)
+            skipped.append(f"{path.name}: {reason}")
+    raise ConfigError(
+        f"--resume: no checkpoint in {folder} can be restored ({'; '.join(skipped)}); run without --resume to start again from the first step"
+    )

@@ -225,14 +225,24 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem and position on one line (its own message spans several, with a snippet)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file and the line."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file. Pass the path of a scenario YAML, e.g. experiments/quickstart.yaml.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8). Pass a scenario YAML, e.g. experiments/quickstart.yaml.") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown.") from exc
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)}). Fix the syntax there.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (dataset, scenario, learner, ...), got {type(data).__name__}.")
     return data

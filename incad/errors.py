@@ -6,6 +6,7 @@ the input without reading a stack trace.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -32,3 +33,12 @@ class DataError(IncadError):
         if hint:
             message += f" {hint}"
         super().__init__(message)
+
+
+class OutputError(IncadError):
+    """An output folder or file (results, checkpoints, the MLflow store) cannot be written."""
+
+
+def os_error_reason(error: OSError) -> str:
+    """The cause of a failed file operation in a few words, e.g. "no space left on device"."""
+    return os.strerror(error.errno).lower() if error.errno else str(error)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from avalanche.training.plugins import EvaluationPlugin
 
-from incad.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from incad.checkpoint import resume_latest, save_checkpoint
 from incad.config import RunConfig
 from incad.data.datasets import cache_root, prepare_dataset
 from incad.errors import ConfigError
@@ -32,6 +32,7 @@ from incad.tracking.mlflow_tracker import MlflowTracker
 from incad.tracking.model_registry import register_step_model
 from incad.tracking.plots import plot_metric_per_class
 from incad.tracking.progress import ProgressBarPlugin
+from incad.writable import require_writable_outputs
 
 
 @dataclass
@@ -124,6 +125,7 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
     """
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
+    require_writable_outputs(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data_root = prepare_data(config, show_progress)
@@ -143,10 +145,7 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
     step_seconds: list[float] = []
     first_step, resume_run_id = 0, None
     if resume:
-        checkpoint = latest_checkpoint(checkpoints)
-        if checkpoint is None:
-            raise ConfigError(f"--resume: no completed step checkpoint in {checkpoints}; run without --resume to start from the first step")
-        restored = load_checkpoint(checkpoint, strategy, matrices, config_json)
+        restored = resume_latest(checkpoints, strategy, matrices, config_json)
         first_step, resume_run_id, step_seconds = restored.step + 1, restored.mlflow_run_id, restored.step_seconds
     else:
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +63,18 @@ def _truncated_tiff(root: Path) -> Path:
     return path
 
 
+def _decompression_bomb_png(root: Path) -> Path:
+    """A PNG whose header claims 14000 x 14000 pixels (196 MP, over Pillow's limit); a few bytes on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 14000, 14000, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path = root / CLASS / "train/good/rgb/001.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
 def _rgb_xyz_size_mismatch(root: Path) -> Path:
     path = root / CLASS / "train/good/xyz/001.tiff"
     tifffile.imwrite(path, np.full((30, 32, 3), 0.5, dtype=np.float32), photometric="rgb")
@@ -94,6 +108,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "truncated-png": (_truncated_png, "cannot be read as an image"),
     "corrupt-mask-png": (_corrupt_mask_png, "cannot be read as a mask"),
     "truncated-tiff": (_truncated_tiff, "cannot be read as a TIFF"),
+    "decompression-bomb-png": (_decompression_bomb_png, "decompression bomb"),
     "rgb-xyz-size-mismatch": (_rgb_xyz_size_mismatch, "same size"),
     "rgb-gt-size-mismatch": (_rgb_gt_size_mismatch, "same size"),
     "nan-in-xyz": (lambda root: _set_points(root, np.nan, everywhere=False), "NaN or infinite"),
@@ -198,6 +213,15 @@ def test_cli_check_exit_codes_and_report(root: Path, pristine: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "3 problem(s)" in out
     assert all(str(path) in out for path in bad)
+
+
+def test_cli_check_goes_on_after_a_decompression_bomb(root: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = [_decompression_bomb_png(root), _nan(root)]  # the bomb in the first class, another bad file in a later one
+    assert main(["data", "check", str(root)]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 2
+    assert str(bad[0]) in problems[0] and "decompression bomb" in problems[0]
+    assert str(bad[1]) in problems[1]
 
 
 def _nan(root: Path) -> Path:

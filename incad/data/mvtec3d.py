@@ -46,8 +46,9 @@ DEPTH_PERCENTILES = (1.0, 99.0)
 # there is a point and the farthest surface stays distinguishable from a hole.
 DEPTH_FLOOR = 0.05
 # Exceptions Pillow and tifffile raise on damaged files (tifffile in particular
-# surfaces truncation as ValueError, IndexError or struct.error).
-_READ_ERRORS = (OSError, ValueError, SyntaxError, IndexError, KeyError, EOFError, struct.error)
+# surfaces truncation as ValueError, IndexError or struct.error), and Pillow's
+# refusal of an image too large to decode safely (a decompression bomb).
+_READ_ERRORS = (OSError, ValueError, SyntaxError, IndexError, KeyError, EOFError, struct.error, Image.DecompressionBombError)
 _REEXPORT_HINT = "Re-export or remove this file."
 
 OnBadSample = Literal["error", "skip"]

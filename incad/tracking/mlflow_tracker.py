@@ -4,7 +4,11 @@ One MLflow run per scenario (nested under an active parent run, e.g. of
 ``incad compare``). The per-class metrics (``<metric>/<class>``,
 ``<metric>/mean``, ``<metric>/fm`` at ``step`` = experience index) come from
 the Avalanche metrics through :class:`incad.tracking.mlflow_logger.MlflowLogger`;
-this module logs the rest. A resumed run reopens its MLflow run by id.
+this module logs the rest. A resumed run reopens its MLflow run by id and
+re-runs the steps after its checkpoint, some of which the run may already hold
+(a kill during the checkpoint write, a corrupt last checkpoint): every metric
+goes through :func:`log_metrics_once`, so each history keeps one value per
+step, in step order.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from incad.config import RunConfig
 from incad.evaluation.results import ResultMatrices
@@ -36,6 +41,29 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+# (metric, step) pairs each MLflow run holds, read from the store when this process first logs into the run.
+_held_by_run: dict[str, set[tuple[str, int]]] = {}
+
+
+def log_metrics_once(values: dict[str, float], step: int) -> None:
+    """Log ``values`` at ``step`` to the active MLflow run, leaving out each metric the run already holds at that step.
+
+    Deterministic re-runs of a step give the same values, so the first stays.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        return
+    run_id = run.info.run_id
+    held = _held_by_run.get(run_id)
+    if held is None:
+        client = MlflowClient()
+        held = _held_by_run[run_id] = {(key, m.step) for key in client.get_run(run_id).data.metrics for m in client.get_metric_history(run_id, key)}
+    new = {key: value for key, value in values.items() if (key, step) not in held}
+    if new:
+        mlflow.log_metrics(new, step=step)
+        held.update((key, step) for key in new)
 
 
 class MlflowTracker:
@@ -66,12 +94,12 @@ class MlflowTracker:
     def log_step(self, step: int, values: dict[str, float]) -> None:
         """Step-level figures that are not Avalanche metrics (training time, last loss terms)."""
         if self.enabled:
-            mlflow.log_metrics({k: v for k, v in values.items() if v == v}, step=step)
+            log_metrics_once({k: v for k, v in values.items() if v == v}, step)
 
     def log_final(self, matrices: ResultMatrices, summary: dict[str, float], artifacts: list[Path]) -> None:
         """Final means, FM and the files (matrix CSVs, plots) of the run."""
         if not self.enabled:
             return
-        mlflow.log_metrics({k: v for k, v in summary.items() if v == v}, step=matrices.num_steps - 1)
+        log_metrics_once({k: v for k, v in summary.items() if v == v}, matrices.num_steps - 1)
         for path in artifacts:
             mlflow.log_artifact(str(path))
