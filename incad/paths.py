@@ -31,6 +31,8 @@ def path_within(root: str | Path, *parts: str | Path) -> Path:
     root = Path(root).resolve()
     path = root.joinpath(*parts).resolve()
     if not path.is_relative_to(root):
-        joined = "/".join(str(part) for part in parts)
-        raise ConfigError(f"{joined}: resolves to {path}, outside {root}; incad writes and reads only inside that folder")
+        raise ConfigError(
+            f"{root.joinpath(*parts)} resolves to {path}, outside {root}; incad keeps its files inside that folder: "
+            "replace the link or name that leads out of it"
+        )
     return path

@@ -119,9 +119,9 @@ class CheckpointManifest:
         foreign = sorted(entry.name for entry in self.checkpoints.iterdir() if CHECKPOINT_ENTRY.match(entry.name) and entry.name not in listed)
         if foreign:
             raise ConfigError(
-                f"{self.checkpoints} holds {', '.join(foreign)}, which no run of this folder recorded writing "
-                f"(no {MANIFEST_FILE} lists them); incad deletes and resumes only its own checkpoints. "
-                f"Move them away or give this run another name (--set name=...)"
+                f"{self.checkpoints} holds {', '.join(foreign)} that no run of this folder wrote ({MANIFEST_FILE} does not list "
+                f"{'it' if len(foreign) == 1 else 'them'}); incad deletes and resumes only its own checkpoints: "
+                f"move {'it' if len(foreign) == 1 else 'them'} away or give this run another name (--set name=...)"
             )
 
     def clear(self) -> None:

@@ -127,7 +127,7 @@ def test_a_checkpoint_folder_the_run_did_not_write_stops_it_untouched(tiny_run_c
     (checkpoints / "step_7").mkdir(parents=True)
     (checkpoints / "step_7" / "state.pt").write_text("someone else's")
     for resume in (False, True):
-        with pytest.raises(ConfigError, match=r"checkpoints holds step_7, which no run of this folder recorded writing"):
+        with pytest.raises(ConfigError, match=r"checkpoints holds step_7 that no run of this folder wrote \(run_manifest\.json does not list it\)"):
             run_experiment(config, show_progress=False, resume=resume)
     assert (checkpoints / "step_7" / "state.pt").read_text() == "someone else's"
 
@@ -163,3 +163,14 @@ def test_bad_scenario_shapes_are_refused_at_load(tiny_run_config, change, messag
 def test_synthetic_scenario_shapes_are_refused_at_load(scenario, message):
     with pytest.raises(ConfigError, match=message):
         validate_config({"scenario": scenario, "learner": "reconstruction"})
+
+
+def test_a_run_folder_that_links_out_of_outputs_is_refused(tiny_run_config, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outputs = Path(tiny_run_config["output_dir"])
+    outputs.mkdir(parents=True)
+    (outputs / "tiny").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match=rf"tiny resolves to {elsewhere}, outside {outputs}; incad keeps its files inside that folder"):
+        run_experiment(validate_config(tiny_run_config), show_progress=False)
+    assert list(elsewhere.iterdir()) == []
