@@ -58,9 +58,13 @@ def _holder_text(handle) -> str:
 @contextmanager
 def locked_run_folder(folder: Path, force: bool = False) -> Iterator[None]:
     """Hold ``folder/run.lock`` for the duration of the ``with`` block (see the module docstring)."""
-    folder.mkdir(parents=True, exist_ok=True)
     lock_path = path_within(folder, LOCK_FILE)
-    with open(lock_path, "a+") as handle:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as exc:
+        raise ConfigError(f"{lock_path}: cannot create the run's lock file ({exc.strerror}); set output_dir to a folder you can write to") from None
+    with handle:
         problem = None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
