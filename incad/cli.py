@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     from incad.runner import run_experiment
 
     config = load_config(args.scenario, overrides=args.set, strategy_file=args.strategy)
-    result = run_experiment(config, show_progress=not args.no_progress, resume=args.resume)
+    result = run_experiment(config, show_progress=not args.no_progress, resume=args.resume, force=args.force)
     split = config.scenario
     print(
         f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "
@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", type=Path, default=None, help="a strategy YAML (strategies/*.yaml) replacing the scenario's strategy section")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--resume", action="store_true", help="continue from the last completed step's checkpoint (same YAML and --set)")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when outputs/<name>/run.lock is held by another process (or cannot be taken on this file system); "
+        "the lock is released when its process ends, kill -9 included, so use this only when you know that process no "
+        "longer writes there: two runs in one folder mix their checkpoints",
+    )
     run.set_defaults(handler=_run)
 
     compare = commands.add_parser("compare", help="run a grid of strategies (x learners x seeds) and compare them")

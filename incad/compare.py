@@ -29,10 +29,12 @@ import mlflow
 import numpy as np
 
 from incad.config import RunConfig, load_config
+from incad.errors import ConfigError
 from incad.evaluation.results import METRICS, ResultMatrices
 from incad.metrics import average_per_step
+from incad.paths import path_within, safe_name
 from incad.runner import run_experiment
-from incad.tracking.mlflow_tracker import resolve_tracking_uri
+from incad.tracking.mlflow_tracker import open_tracking_store
 from incad.tracking.plots import plot_heatmaps, plot_metric_vs_step
 
 STRATEGY_PRESETS = Path("strategies")
@@ -106,7 +108,12 @@ def combination_config(scenario: Path, strategy: str, learner: str | None, seed:
     if seed is not None:
         grid_overrides.append(f"seed={seed}")
     config = load_config(scenario, overrides=[*overrides, *grid_overrides], strategy_file=preset)
-    return label, config.model_copy(update={"name": f"{config.name}-{config.learner.name}-{label}-s{config.seed}"})
+    name = f"{config.name}-{config.learner.name}-{label}-s{config.seed}"
+    try:
+        safe_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"--strategies {strategy}: the run name {name!r} {exc}; rename the preset file") from None
+    return label, config.model_copy(update={"name": name})
 
 
 def run_combination(label: str, config: RunConfig, show_progress: bool) -> CombinationRun:
@@ -214,13 +221,12 @@ def run_comparison(
         for strategy in strategies
         for seed in (seeds or [None])
     ]
-    output_dir = base.output_dir / f"{base.name}-compare"
+    output_dir = path_within(base.output_dir, f"{base.name}-compare")
     output_dir.mkdir(parents=True, exist_ok=True)
     tracking = base.tracking
     parent_run_id = None
     if tracking.enabled:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking.tracking_uri))
-        mlflow.set_experiment(tracking.experiment)
+        open_tracking_store(tracking.tracking_uri, tracking.experiment)
         parent = mlflow.start_run(run_name=f"{base.name}-compare")
         parent_run_id = parent.info.run_id
         mlflow.log_params({"strategies": ",".join(strategies), "learners": ",".join(learners or [base.learner.name]), "seeds": ",".join(map(str, seeds or [base.seed]))})

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incad.data.preprocess import PreprocessingConfig
-from incad.data.synthetic import SyntheticConfig
+from incad.data.synthetic import SyntheticConfig, class_names
 from incad.errors import ConfigError
+from incad.paths import safe_name
+
+# A name that becomes a folder (outputs/<name>, <dataset root>/<class>): one path component, checked at load.
+FolderName = Annotated[str, AfterValidator(safe_name)]
 
 Modality = Literal["rgb", "depth", "rgb+depth"]
 
@@ -67,7 +71,7 @@ class ScenarioConfig(StrictModel):
     dataset in sorted order.
     """
 
-    classes: list[str] = Field(default_factory=list)
+    classes: list[FolderName] = Field(default_factory=list)
     base: int = Field(ge=1)
     increment: int = Field(0, ge=0)
     steps: int = Field(0, ge=0)
@@ -79,7 +83,20 @@ class ScenarioConfig(StrictModel):
             raise ValueError(
                 "scenario.increment and scenario.steps go together: both 0 (joint training) or both positive"
             )
+        repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if repeated:
+            raise ValueError(f"scenario.classes lists {', '.join(repeated)} more than once; list each class once")
+        if self.classes:
+            self.check_class_count(len(self.classes), f"scenario.classes lists {len(self.classes)}", "scenario.classes")
         return self
+
+    def check_class_count(self, available: int, source: str, fix: str) -> None:
+        """ValueError unless the split "B-I with S steps" uses exactly ``available`` classes."""
+        if available != self.num_classes:
+            raise ValueError(
+                f"scenario: the split '{self.base}-{self.increment} with {self.steps} steps' needs exactly {self.num_classes} classes "
+                f"but {source}; change {fix} or scenario.base/increment/steps"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +144,7 @@ class RegistryConfig(StrictModel):
     new mean I-AUROC on the classes seen is below the champion's by more than ``champion_margin``."""
 
     enabled: bool = False
-    model_name: str | None = None  # default: the run's name
+    model_name: FolderName | None = None  # default: the run's name
     champion_margin: float = Field(0.0, ge=0)
 
 
@@ -144,7 +161,7 @@ class TrackingConfig(StrictModel):
 class RunConfig(StrictModel):
     """A whole run: data -> scenario -> learner + strategy -> evaluation -> tracking."""
 
-    name: str = "incad-run"
+    name: FolderName = "incad-run"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: Path = Path("outputs")
@@ -155,6 +172,24 @@ class RunConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _synthetic_classes_exist(self) -> "RunConfig":
+        """The synthetic data set's classes are known from its config: check the split before generating it."""
+        if self.dataset.name != "synthetic":
+            return self
+        available = class_names(self.dataset.synthetic.num_classes)
+        unknown = [name for name in self.scenario.classes if name not in available]
+        if unknown:
+            raise ValueError(
+                f"scenario.classes: {', '.join(unknown)} not in the synthetic data set "
+                f"(dataset.synthetic.num_classes: {len(available)}); allowed: {', '.join(available)}"
+            )
+        if not self.scenario.classes:
+            self.scenario.check_class_count(
+                len(available), f"the synthetic data set has {len(available)} (dataset.synthetic.num_classes)", "dataset.synthetic.num_classes"
+            )
+        return self
 
     def learner_options(self) -> dict[str, Any]:
         return dict(self.learner.model_extra or {})
@@ -174,7 +209,11 @@ def _format_validation_error(error: ValidationError, source: str, model: type[Ba
         elif item["type"] == "missing":
             lines.append(f"  - missing key '{key}'.")
         else:
-            lines.append(f"  - '{key}': {item['msg']} (got {item.get('input')!r}).")
+            message = item["msg"].removeprefix("Value error, ")
+            label = "" if message.startswith(key) or not item["loc"] else f"'{key}': "
+            given = item.get("input")
+            # a whole section as "got" says nothing the message does not
+            lines.append(f"  - {label}{message}" + ("." if isinstance(given, dict) else f" (got {given!r})."))
     lines.append("Fix the key(s) above and run again.")
     return "\n".join(lines)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from incad.evaluation.results import ResultMatrices
 from incad.learners.base import Learner
 from incad.models.backbones.cache import attach_disk_store
 from incad.models.backbones.feature_store import store_folder
+from incad.paths import path_within
 from incad.registry import LEARNERS, STRATEGIES
+from incad.run_folder import CheckpointManifest, locked_run_folder
 from incad.scenario import Scenario, build_scenario
 from incad.strategies.template import AnomalyDetectionTemplate
 from incad.tracking.mlflow_logger import MlflowLogger
@@ -85,6 +86,16 @@ def build_learner(config: RunConfig, num_objects: int) -> Learner:
     return learner_class(options, modality=config.scenario.modality, num_objects=num_objects, image_size=config.dataset.image_size)
 
 
+def refuse_untrained(config: RunConfig, learner: Learner) -> None:
+    """``training.epochs: 0`` would report an untrained model's figures; only a learner with nothing to train may skip it."""
+    trainable = sum(p.numel() for p in learner.parameters() if p.requires_grad)
+    if config.training.epochs == 0 and trainable:
+        raise ConfigError(
+            f"training.epochs: 0 would evaluate the untrained learner '{config.learner.name}' "
+            f"({trainable:,} trainable parameters); set training.epochs to 1 or more"
+        )
+
+
 def build_strategy(
     config: RunConfig, learner: Learner, extra_plugins: list, device: torch.device, evaluator: EvaluationPlugin | None = None
 ) -> AnomalyDetectionTemplate:
@@ -116,13 +127,23 @@ def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPl
         return EvaluationPlugin(*metrics, loggers=[MlflowLogger()] if config.tracking.enabled else [])
 
 
-def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = ()) -> RunResult:
+def run_experiment(
+    config: RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = (), force: bool = False
+) -> RunResult:
     """Train step by step; after every step evaluate all classes seen so far, log, checkpoint and register.
 
     ``resume`` continues from the last step checkpoint of ``outputs/<name>``
-    (same config required) in the same MLflow run; without it, old checkpoints
-    of that name are removed. ``extra_plugins`` are added to the strategy.
+    (same config required) in the same MLflow run; without it, the checkpoints
+    that runs of that name wrote are removed (see :mod:`incad.run_folder`).
+    The folder is locked for the whole run; ``force`` runs without the lock.
+    ``extra_plugins`` are added to the strategy.
     """
+    output_dir = path_within(config.output_dir, config.name)
+    with locked_run_folder(output_dir, force):
+        return _run_in_folder(config, output_dir, show_progress, resume, extra_plugins)
+
+
+def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple) -> RunResult:
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
     require_writable_outputs(config)
@@ -133,22 +154,24 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
     scenario = STRATEGIES.get(config.strategy.name).adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
     learner = build_learner(config, num_objects=len(scenario.class_order))
+    refuse_untrained(config, learner)
     if config.training.feature_cache == "disk":
         attach_disk_store(learner, store_folder(cache_root(config.dataset), data_root))
     plugins: list = list(extra_plugins)
     if show_progress:
         plugins.append(ProgressBarPlugin(["+".join(classes) for classes in scenario.step_classes]))
     strategy = build_strategy(config, learner, plugins, device, evaluator=build_evaluator(matrices, config))
-    output_dir = config.output_dir / config.name
-    checkpoints = output_dir / "checkpoints"
+    manifest = CheckpointManifest(output_dir)
+    checkpoints = manifest.checkpoints
     config_json = config.model_dump(mode="json")
     step_seconds: list[float] = []
     first_step, resume_run_id = 0, None
     if resume:
+        manifest.refuse_foreign()
         restored = resume_latest(checkpoints, strategy, matrices, config_json)
         first_step, resume_run_id, step_seconds = restored.step + 1, restored.mlflow_run_id, restored.step_seconds
     else:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        manifest.clear()
     with MlflowTracker(config, resume_run_id=resume_run_id) as tracker:
         benchmark = scenario.benchmark
         for step in range(first_step, scenario.num_steps):
@@ -160,6 +183,7 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
             if config.tracking.registry.enabled:
                 seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
                 register_step_model(config, learner, scenario.class_order, matrices, step, seen)
+            manifest.record(step)
             save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
         summary = matrices.summary()
         artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]

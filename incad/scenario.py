@@ -45,15 +45,11 @@ def resolve_class_order(config: RunConfig, data_root: Path, skipped: list | None
         raise ConfigError(
             f"scenario.classes: unknown class(es) {unknown} in dataset {data_root}; allowed: {', '.join(available)}"
         )
-    if len(set(order)) != len(order):
-        raise ConfigError(f"scenario.classes: a class is listed twice in {order}")
-    needed = config.scenario.num_classes
-    if len(order) != needed:
-        split = f"{config.scenario.base}-{config.scenario.increment} with {config.scenario.steps} steps"
-        raise ConfigError(
-            f"scenario: the split '{split}' needs exactly {needed} classes but {len(order)} are given "
-            f"({', '.join(order)}); change scenario.classes or scenario.base/increment/steps"
-        )
+    # Duplicates and a given list's length are refused at config load; the dataset's own classes are known only here.
+    try:
+        config.scenario.check_class_count(len(order), f"dataset {data_root} has {len(order)} ({', '.join(order)})", "scenario.classes")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return order
 
 

@@ -26,7 +26,8 @@ def test_quickstart_config_is_valid_and_splits_as_the_papers_write_it():
 
 
 def test_six_one_with_four_steps_groups_classes():
-    config = validate_config({"scenario": {"base": 6, "increment": 1, "steps": 4}, "learner": "reconstruction"})
+    raw = {"dataset": {"synthetic": {"num_classes": 10}}, "scenario": {"base": 6, "increment": 1, "steps": 4}, "learner": "reconstruction"}
+    config = validate_config(raw)
     groups = config.scenario.step_classes([f"c{i}" for i in range(10)])
     assert groups == [["c0", "c1", "c2", "c3", "c4", "c5"], ["c6"], ["c7"], ["c8"], ["c9"]]
     assert config.scenario.num_classes == 10

@@ -45,5 +45,11 @@ def test_unknown_class_lists_the_dataset_classes(tiny_dataset, tiny_run_config):
 
 def test_split_that_does_not_match_the_class_count(tiny_dataset, tiny_run_config):
     tiny_run_config["scenario"]["steps"] = 3
-    with pytest.raises(ConfigError, match="needs exactly 5 classes but 4"):
+    with pytest.raises(ConfigError, match="needs exactly 5 classes but scenario.classes lists 4"):
+        validate_config(tiny_run_config)
+
+
+def test_split_that_does_not_match_the_dataset_classes(tiny_dataset, tiny_run_config):
+    tiny_run_config["scenario"].update(classes=[], base=6, increment=0, steps=0)
+    with pytest.raises(ConfigError, match="needs exactly 6 classes but dataset .* has 4 "):
         build_scenario(validate_config(tiny_run_config), tiny_dataset)

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from incad.data.fingerprint import folder_fingerprint
 from incad.data.mvtec3d import GOOD, MVTec3DReader, OnBadSample, Record, require_points
-from incad.errors import DataError
+from incad.errors import ConfigError, DataError
+from incad.paths import path_within, safe_name
 
 # Bump when the written output changes, so caches of older versions are not reused.
 PREPROCESS_VERSION = 1
@@ -202,6 +203,16 @@ def preprocess_dataset(
     source = Path(source).resolve()
     listing_problems: list[DataError] | None = [] if on_bad_sample == "skip" else None
     classes = list(classes) if classes else reader.list_classes(source, listing_problems)
+    for class_name in classes:  # a class is one folder of the source, never a path to elsewhere
+        try:
+            safe_name(class_name)
+        except ValueError as exc:
+            raise ConfigError(f"scenario.classes: {class_name!r} {exc}") from None
+    if Path(cache_root).resolve().is_relative_to(source):
+        raise ConfigError(
+            f"dataset.cache_dir: {cache_root} is inside the source folder {source}; "
+            "preprocessing never writes into the source data: choose a cache folder outside it"
+        )
     key = {
         "version": PREPROCESS_VERSION,
         "reader": reader.name,
@@ -222,7 +233,7 @@ def preprocess_dataset(
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = cache_root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        staged = [_Task(task.record, staging / task.target) for task in tasks]
+        staged = [_Task(task.record, path_within(staging, task.target)) for task in tasks]
         skipped = [str(problem) for problem in listing_problems or []]
         counts: dict[str, dict[str, int]] = {}
         for task, problem in zip(tasks, _run_tasks(staged, reader, settings, show_progress)):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from incad.config import RunConfig
@@ -29,6 +30,40 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 def resolve_tracking_uri(configured: str | None) -> str:
     """The config's URI, else $MLFLOW_TRACKING_URI, else a sqlite file in the working directory."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for other stores and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def open_tracking_store(configured: str | None, experiment: str | None = None) -> str:
+    """Point MLflow at the store (and ``experiment``); returns the URI.
+
+    MLflow creates a sqlite store's tables on first use without a lock, so
+    two processes starting at once on a fresh file fail (``table ... already
+    exists``), and one of two creating the same experiment is left without an
+    active experiment. Both happen here under a file lock next to the
+    database, once per process (MLflow keeps the store it made).
+    """
+    uri = resolve_tracking_uri(configured)
+    mlflow.set_tracking_uri(uri)
+    database = sqlite_file(uri)
+    if database is None:
+        if experiment is not None:
+            mlflow.set_experiment(experiment)
+        return uri
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(database.with_name(database.name + ".lock")):
+        client = MlflowClient()
+        client.search_experiments(max_results=1)  # creates the tracking store's tables
+        client.search_registered_models(max_results=1)  # and the registry store's
+        if experiment is not None:
+            mlflow.set_experiment(experiment)
+    return uri
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -76,12 +111,13 @@ class MlflowTracker:
 
     def __enter__(self) -> "MlflowTracker":
         if self.enabled:
-            mlflow.set_tracking_uri(resolve_tracking_uri(self.config.tracking.tracking_uri))
+            tracking = self.config.tracking
             nested = mlflow.active_run() is not None
             if self.run_id is not None:
+                open_tracking_store(tracking.tracking_uri)
                 mlflow.start_run(run_id=self.run_id, nested=nested)
                 return self
-            mlflow.set_experiment(self.config.tracking.experiment)
+            open_tracking_store(tracking.tracking_uri, tracking.experiment)
             run = mlflow.start_run(run_name=self.config.tracking.run_name or self.config.name, nested=nested)
             self.run_id = run.info.run_id
             mlflow.log_params(flatten(self.config.model_dump(mode="json")))
