@@ -139,6 +139,7 @@ def run_experiment(
     ``extra_plugins`` are added to the strategy.
     """
     output_dir = path_within(config.output_dir, config.name)
+    require_writable_outputs(config)
     with locked_run_folder(output_dir, force):
         return _run_in_folder(config, output_dir, show_progress, resume, extra_plugins)
 
@@ -146,7 +147,6 @@ def run_experiment(
 def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple) -> RunResult:
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
-    require_writable_outputs(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data_root = prepare_data(config, show_progress)

@@ -134,9 +134,10 @@ def test_resume_with_no_usable_checkpoint_says_so_in_one_line(uninterrupted):
 
 
 def test_resume_of_a_copied_output_folder(uninterrupted):
-    """A run folder copied elsewhere (a stopped run moved to another disk) resumes from there with its new output_dir."""
+    """A run folder (checkpoints and manifest) copied elsewhere, as a stopped run moved to another disk, resumes from there."""
     moved = uninterrupted.folder / "moved"
     shutil.copytree(uninterrupted.pristine, moved / "faults" / "checkpoints", ignore=lambda folder, names: ["step_2"] if "step_2" in names else [])
+    shutil.copy(uninterrupted.result.output_dir / "run_manifest.json", moved / "faults")
     config = validate_config({**raw_config(uninterrupted.config.dataset.root, uninterrupted.folder), "output_dir": str(moved)})
     resumed = run_experiment(config, show_progress=False, resume=True)
     assert resumed.output_dir == moved / "faults" and (moved / "faults" / "checkpoints" / "step_2").is_dir()
