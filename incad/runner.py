@@ -91,7 +91,8 @@ def build_strategy(
     options = strategy_class.Options.model_validate(config.strategy_options())
     training = config.training
     trainable = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=training.lr, weight_decay=training.weight_decay)
+    # One explicit group, so a learner with nothing to train (PatchCore) still gets an optimizer for Avalanche.
+    optimizer = torch.optim.AdamW([{"params": trainable}], lr=training.lr, weight_decay=training.weight_decay)
     return AnomalyDetectionTemplate(
         learner=learner,
         optimizer=optimizer,
@@ -157,7 +158,7 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
             strategy.train(benchmark.train_stream[step])
             step_seconds.append(time.perf_counter() - started)
             strategy.eval(benchmark.test_stream[: step + 1])
-            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms})
+            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms, **learner.step_report()})
             if config.tracking.registry.enabled:
                 seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
                 register_step_model(config, learner, scenario.class_order, matrices, step, seen)

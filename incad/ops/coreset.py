@@ -9,9 +9,10 @@ This implementation returns the same selection as that plain loop (in the
 space it selects in, up to float rounding) while looking at a few hundred
 points per pick:
 
-1. the first ``groups`` picks run the plain loop and remember, for each point,
-   its nearest centre: the points fall into ``groups`` cells, each with its
-   centre and radius ``r`` (farthest member), stored cell by cell;
+1. the points are split into ``groups`` cells: each point goes to the nearest
+   of ``groups`` seeded random points (so cells follow the density and stay
+   about equally full), stored cell by cell; a cell knows its centre and its
+   radius ``r`` (farthest member);
 2. every cell keeps an *upper bound* ``m`` of its members' min-distances
    (exact when the cell was last refreshed: min-distances only shrink);
 3. to pick, take the cell with the largest bound and refresh it: its members'
@@ -21,8 +22,10 @@ points per pick:
    the largest bound, its farthest member is the greedy pick (every other
    cell's maximum is at most its bound); otherwise the next cell is refreshed.
 
-So a pick costs the refresh of the one or two cells at the top instead of a
-pass over all N points; cells far from the picks are never touched again.
+So a pick costs the refresh of the one to three cells at the top instead of
+a pass over all N points. On the 62,720 Lite0 patch features of the real
+cable_gland training images (d = 152, ratio 0.1) the selection is the plain
+loop's and does about a quarter of its distance work, in small products.
 Distances are computed as ``|x|^2 + |z|^2 - 2 x.z`` (matrix products read
 each point once); in float32 near-ties may resolve differently from another
 formula, in float64 the selection equals the plain loop's.
@@ -30,7 +33,8 @@ formula, in float64 the selection equals the plain loop's.
 ``projection_dim`` selects in a seeded Gaussian random projection of the
 features (as PatchCore does, to cut the per-point cost); that is the one
 approximation, and ``coverage_radius`` measures its effect in the original
-space. ``projection_dim: null`` selects in the original space.
+space: on the features above, projecting 152 -> 128 dimensions made the
+coverage radius 16 % worse than exact greedy, so the default is no projection.
 """
 
 from __future__ import annotations
@@ -65,16 +69,16 @@ def random_projection(features: Tensor, projection_dim: int | None, seed: int) -
     return features @ matrix.to(features.device, features.dtype)
 
 
-def default_groups(num_points: int, size: int) -> int:
-    """Cells: about sqrt(N), never more than a quarter of the picks (each plain-phase pick reads all N points)."""
-    return max(1, min(size // 4, round(math.sqrt(num_points))))
+def default_groups(num_points: int) -> int:
+    """Cells: about sqrt(N) (fewer cells are fuller and costlier to refresh, more cost more bounds per pick)."""
+    return max(1, round(math.sqrt(num_points)))
 
 
 @torch.no_grad()
 def greedy_coreset(
     features: Tensor,
     size: int,
-    projection_dim: int | None = 128,
+    projection_dim: int | None = None,
     seed: int = 0,
     groups: int | None = None,
 ) -> Tensor:
@@ -92,7 +96,7 @@ def greedy_coreset(
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     points = random_projection(features.to(dtype), projection_dim, seed)
     first = int(torch.randint(num_points, (1,), generator=torch.Generator().manual_seed(seed)))
-    groups = default_groups(num_points, size) if groups is None else min(groups, size)
+    groups = default_groups(num_points) if groups is None else min(groups, num_points)
     return _GreedySelection(points, first).run(size, groups, seed)
 
 
