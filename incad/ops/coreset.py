@@ -51,9 +51,12 @@ from incad.ops.nearest import nearest_neighbours
 PRUNING_SLACK = 1e-4
 
 
-def squared_distances(points: Tensor, point_norms: Tensor, centres: Tensor, centre_norms: Tensor) -> Tensor:
-    """(N, M) squared Euclidean distances from ``|x|^2 + |z|^2 - 2 x.z`` (norms given squared)."""
-    return (point_norms[:, None] + centre_norms[None, :] - 2.0 * (points @ centres.T)).clamp_min_(0.0)
+def nearest_squared_distances(points: Tensor, point_norms: Tensor, centres: Tensor, centre_norms: Tensor) -> Tensor:
+    """(N,) squared distance of each row of ``points`` to its nearest row of ``centres`` (norms given squared).
+
+    ``min_z(|z|^2 - 2 x.z) + |x|^2``: one fused matrix product, and ``|x|^2`` added after the minimum.
+    """
+    return torch.addmm(centre_norms[None, :], points, centres.T, alpha=-2.0).amin(dim=1).add_(point_norms).clamp_min_(0.0)
 
 
 def random_projection(features: Tensor, projection_dim: int | None, seed: int) -> Tensor:
@@ -141,9 +144,10 @@ class _GreedySelection:
         counts = torch.bincount(owner, minlength=groups)
         radius = torch.segment_reduce(to_centre[order], "max", lengths=counts, initial=0.0)
         bound = torch.segment_reduce(min_distance, "max", lengths=counts, initial=0.0)
+        radius = radius.tolist()
         centres = points.new_empty(size, points.shape[1])
         centre_norms = norms.new_empty(size)
-        centre_to_cell = norms.new_empty(size, groups)
+        reach_of = norms.new_empty(groups, size)  # distance of every pick to every cell centre
         starts = (torch.cumsum(counts, 0) - counts).tolist()
         ends = torch.cumsum(counts, 0).tolist()
         refreshed = [len(self.selected)] * groups  # picks each cell's min-distances account for
@@ -152,24 +156,27 @@ class _GreedySelection:
             picked = len(self.selected)
             self.selected.append(int(order[position]))
             centres[picked], centre_norms[picked] = points[position], norms[position]
-            centre_to_cell[picked] = squared_distances(points[position : position + 1], norms[position : position + 1], cell_centres, cell_norms)[0].sqrt()
+            to_cells = torch.addmv(cell_norms + norms[position], cell_centres, points[position], alpha=-2.0)
+            reach_of[:, picked] = to_cells.clamp_min_(0.0).sqrt_()
             if picked + 1 == size:
                 return
             while True:
                 cell = int(bound.argmax())
-                if bound[cell] <= 0:
+                top = float(bound[cell])
+                if top <= 0:
                     return
-                start, end = starts[cell], ends[cell]
-                if refreshed[cell] == picked + 1:
+                start, end, first = starts[cell], ends[cell], refreshed[cell]
+                if first == picked + 1:
                     position = start + int(min_distance[start:end].argmax())
                     break
-                reach = (radius[cell] + bound[cell].sqrt()) * (1 + PRUNING_SLACK)
-                near = refreshed[cell] + torch.nonzero(centre_to_cell[refreshed[cell] : picked + 1, cell] < reach).squeeze(1)
+                reach = (radius[cell] + math.sqrt(top)) * (1 + PRUNING_SLACK)
+                near = reach_of[cell, first : picked + 1].lt(reach).nonzero().squeeze(1).add_(first)
                 refreshed[cell] = picked + 1
+                members = min_distance[start:end]
                 if len(near):
-                    nearest = squared_distances(points[start:end], norms[start:end], centres[near], centre_norms[near]).amin(dim=1)
-                    min_distance[start:end] = torch.minimum(min_distance[start:end], nearest)
-                bound[cell] = min_distance[start:end].max()
+                    nearest = nearest_squared_distances(points[start:end], norms[start:end], centres[near], centre_norms[near])
+                    torch.minimum(members, nearest, out=members)
+                bound[cell] = members.max()
 
 
 def coverage_radius(features: Tensor, bank: Tensor) -> float:
