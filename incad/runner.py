@@ -167,7 +167,13 @@ def run_experiment(config: RunConfig, show_progress: bool = True, resume: bool =
         artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
         artifacts += report_skipped(built.skipped, output_dir)
         results_path = output_dir / "results.json"
-        results = {"summary": summary, "step_seconds": step_seconds, "classes": scenario.class_order, "skipped_samples": built.skipped}
+        results = {
+            "summary": summary,
+            "step_seconds": step_seconds,
+            "classes": scenario.class_order,
+            "skipped_samples": built.skipped,
+            "learner_report": learner.step_report(),
+        }
         results_path.write_text(json.dumps(results, indent=2))
         tracker.log_final(matrices, summary, [*artifacts, results_path])
     return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)

@@ -196,7 +196,8 @@ def test_whole_incremental_run_with_patchcore(tiny_run_config, epochs):
     assert result.learner.step_report() == {"bank_size/rgb": 308.0, "bank_size/depth": 308.0}
     final = result.matrices.values["i_auroc"][-1]
     assert final.shape == (4,) and all(0.0 <= value <= 1.0 for value in final)
-    assert json.loads((result.output_dir / "results.json").read_text())["summary"]
+    results = json.loads((result.output_dir / "results.json").read_text())
+    assert results["summary"] and results["learner_report"] == {"bank_size/rgb": 308.0, "bank_size/depth": 308.0}
     if epochs == 0:
         client = mlflow.MlflowClient(tiny_run_config["tracking"]["tracking_uri"])
         history = client.get_metric_history(result.mlflow_run_id, "bank_size/rgb")
