@@ -6,9 +6,12 @@ outputs of the backbone ``taps`` are each averaged over a ``neighbourhood`` x
 resized bilinearly to the finest tap's grid, and all are concatenated. The
 default taps, Lite0 blocks 4 and 10 (strides 8 and 16, 40 + 112 channels),
 are the ends of timm's stages 2 and 4, i.e. anomalib's ``blocks.2`` and
-``blocks.4``. 3-D (``three_d``): the same backbone on the depth image rendered
-to 3 channels (``depth_backbone``), or FPFH point features (CFM's extractor)
-pooled on the same grid, averaged over the neighbourhood's valid cells (``fpfh``).
+``blocks.4``. Windows at the border average the cells inside the image
+(anomalib's pooling counts the zero padding, darkening border patches).
+3-D (``three_d``): the same backbone on the depth image rendered to 3
+channels (``depth_backbone``), or FPFH point features (CFM's extractor)
+pooled on the same grid, averaged over the neighbourhood's valid cells
+(``fpfh``).
 
 Fit (the strategy's ``fit`` stage, at the start of every experience, without
 gradients): the experience's patch features go through the greedy k-center
