@@ -103,7 +103,8 @@ def build_strategy(
     options = strategy_class.Options.model_validate(config.strategy_options())
     training = config.training
     trainable = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=training.lr, weight_decay=training.weight_decay)
+    # One explicit group, so a learner with nothing to train (PatchCore) still gets an optimizer for Avalanche.
+    optimizer = torch.optim.AdamW([{"params": trainable}], lr=training.lr, weight_decay=training.weight_decay)
     return AnomalyDetectionTemplate(
         learner=learner,
         optimizer=optimizer,
@@ -179,7 +180,7 @@ def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, res
             strategy.train(benchmark.train_stream[step])
             step_seconds.append(time.perf_counter() - started)
             strategy.eval(benchmark.test_stream[: step + 1])
-            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms})
+            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms, **learner.step_report()})
             if config.tracking.registry.enabled:
                 seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
                 register_step_model(config, learner, scenario.class_order, matrices, step, seen)
@@ -189,7 +190,13 @@ def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, res
         artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
         artifacts += report_skipped(built.skipped, output_dir)
         results_path = output_dir / "results.json"
-        results = {"summary": summary, "step_seconds": step_seconds, "classes": scenario.class_order, "skipped_samples": built.skipped}
+        results = {
+            "summary": summary,
+            "step_seconds": step_seconds,
+            "classes": scenario.class_order,
+            "skipped_samples": built.skipped,
+            "learner_report": learner.step_report(),
+        }
         results_path.write_text(json.dumps(results, indent=2))
         tracker.log_final(matrices, summary, [*artifacts, results_path])
     return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)

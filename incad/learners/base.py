@@ -18,6 +18,8 @@ offline-fitted and mixed learners plug into the same continual loop:
   without gradients once its training is over (score scales, memory banks); the
   template calls it in eval mode on the experience's training data after the
   epochs;
+- ``step_report()`` returns figures about the learner's state after a step
+  (e.g. memory-bank sizes), which the runner logs with the step's metrics;
 - ``plugins()`` returns the Avalanche plugins of the method's extra loss
   terms, so a YAML switches them on, off or reweights them through the
   learner's options and they compose with any strategy;
@@ -70,6 +72,10 @@ class Learner(nn.Module):
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Fit gradient-free statistics on normal training data; nothing by default."""
+
+    def step_report(self) -> dict[str, float]:
+        """Figures about the learner's state after a step, logged by the runner (e.g. bank sizes); none by default."""
+        return {}
 
     def plugins(self) -> list[SupervisedPlugin]:
         """The Avalanche plugins that add this learner's method-specific loss terms; none by default."""

@@ -11,6 +11,7 @@ plugin system, but:
 - before the epochs of each experience the learner's ``fit`` runs on that
   experience's training data (offline stages such as codebooks), and after
   them its ``calibrate`` (gradient-free statistics of the trained learner);
+  a learner with no trainable parameter (a memory bank) runs no epoch;
 - ``criterion`` is the sum of the learner's own loss terms; method-specific
   terms are added by plugins (they add to ``strategy.loss``) and recorded in
   ``loss_terms`` for logging.
@@ -89,7 +90,8 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
         self._run_offline_stage(self.model.fit)
-        super()._train_exp(experience, eval_streams, **kwargs)
+        if any(parameter.requires_grad for parameter in self.model.parameters()):
+            super()._train_exp(experience, eval_streams, **kwargs)
         self._run_offline_stage(self.model.calibrate)
 
     @torch.no_grad()

@@ -1,0 +1,257 @@
+"""PatchCore as a continual learner: one memory bank per modality that every experience extends.
+
+Features (PatchCore, Roth et al., CVPR 2022, as anomalib builds them): the
+outputs of the backbone ``taps`` are each averaged over a ``neighbourhood`` x
+``neighbourhood`` window ("locally aware" patches), the coarser ones are
+resized bilinearly to the finest tap's grid, and all are concatenated. The
+default taps, Lite0 blocks 4 and 10 (strides 8 and 16, 40 + 112 channels),
+are the ends of timm's stages 2 and 4, i.e. anomalib's ``blocks.2`` and
+``blocks.4``. Windows at the border average the cells inside the image
+(anomalib's pooling counts the zero padding, darkening border patches).
+3-D (``three_d``): the same backbone on the depth image rendered to 3
+channels (``depth_backbone``), or FPFH point features (CFM's extractor)
+pooled on the same grid, averaged over the neighbourhood's valid cells
+(``fpfh``).
+
+Fit (the strategy's ``fit`` stage, at the start of every experience, without
+gradients): the experience's patch features go through the greedy k-center
+coreset (:func:`incad.ops.coreset.greedy_coreset`, ``coreset_ratio`` of the
+patches, at most ``max_bank`` per modality and experience) and the selection is
+*appended* to the bank; old entries are never touched, so the bank is
+incremental by construction and old classes keep exactly their entries. 3-D
+banks hold valid tokens only (cells with 3-D points on at least half their
+pixels): the background carries no geometry. There is nothing to train:
+``training.epochs`` may be 0, and with more epochs the strategy skips them.
+
+Map: per modality, the distance of each patch to its nearest bank entry over
+the whole bank (no class or task id: task-agnostic), in chunks of bounded
+memory (:func:`incad.ops.nearest.nearest_neighbours`); 3-D maps are 0 on
+invalid tokens (no geometry, no evidence of a defect; 0 is a normal patch's
+floor, so the fused maximum is the RGB one there).
+
+Fusion (``rgb+depth``): each modality's map is divided by its mean on normal
+data and the maps are fused by their maximum (:class:`ScaledModalityMaps`).
+With a memory bank, a training patch's distance to the bank is ~0 (it or a
+close neighbour was selected), which would set the scales from coverage noise.
+So the scale is the mean *leave-one-image-out* distance: each of (up to
+``CALIBRATION_TOKENS``, seeded) training patches of the experience against the
+bank without the entries its own image contributed in this experience, the
+closest stand-in for an unseen normal image that costs one search, not a
+coreset per image. It is set in ``fit`` (where the entries' source images are
+known) from the latest experience, as the other learners' scales are.
+
+Reweighting (``reweighting: true``, PatchCore's image score): for the patch
+with the largest distance s* in a modality's map, with nearest entry m*, the
+weight is ``1 - softmax(-)`` of its distances to the ``reweighting_neighbours``
+bank entries nearest to m* (first term: m* itself); PatchCore scores the image
+w * s*. incad computes image scores outside the learner as the maximum of the
+smoothed map, so the learner multiplies that modality's *whole* map by w: the
+map's maximum, and so the image score, become w times what they were (up to
+smoothing, which is linear), and the ranking of pixels within an image is
+unchanged; pixel metrics that pool images (P-AUROC, AUPRO) see the per-image
+scaling. Off by default (anomalib's default is on, with 9 neighbours).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from incad.data.sample import Batch
+from incad.errors import ConfigError
+from incad.learners.base import LearnerOptions, modality_input
+from incad.learners.cfm.torch_model import FPFH_SCALE
+from incad.learners.features import ScaledModalityMaps, frozen_features, valid_tokens
+from incad.models.backbones.cache import FeatureCache
+from incad.models.backbones.efficientnet import MultiScaleFeatures, build_backbone
+from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
+from incad.models.layers.growing import register_growing_buffer
+from incad.ops.coreset import greedy_coreset
+from incad.ops.nearest import nearest_neighbours
+
+# Training patches (per modality and experience, drawn at random) whose leave-one-image-out distance sets the scale.
+CALIBRATION_TOKENS = 8192
+
+
+class PatchCoreOptions(LearnerOptions):
+    """YAML options of ``learner: patchcore``."""
+
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str = "imagenet"
+    taps: list[int] = Field(default_factory=lambda: [4, 10])
+    neighbourhood: int = Field(3, ge=1)
+    three_d: Literal["depth_backbone", "fpfh"] = "depth_backbone"
+    coreset_ratio: float = Field(0.1, gt=0.0, le=1.0)
+    max_bank: int = Field(100_000, ge=1)
+    projection_dim: int | None = Field(None, ge=1)
+    reweighting: bool = False
+    reweighting_neighbours: int = Field(9, ge=2)
+    seed: int = 0
+    cache_features: bool = True
+
+    @field_validator("neighbourhood")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd so the window is centred on its patch, got {value}")
+        return value
+
+
+class PatchFeatures(nn.Module):
+    """Locally aware patch features of images (backbone taps) and of organized point clouds (FPFH).
+
+    A module of its own (frozen backbone only), so the feature caches it feeds
+    are keyed by the backbone's weights, not by the learner's growing banks.
+    """
+
+    def __init__(self, backbone: MultiScaleFeatures, neighbourhood: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neighbourhood = neighbourhood
+        self.stride = backbone.tap_strides[0]
+
+    def local_average(self, features: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Mean over each patch's neighbourhood window (over the cells with ``weights`` > 0 when given)."""
+        size = self.neighbourhood
+        if weights is None:
+            return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
+        total = F.avg_pool2d(features * weights, size, stride=1, padding=size // 2)
+        return total / F.avg_pool2d(weights, size, stride=1, padding=size // 2).clamp_min(1e-6)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, C, h, w) on the finest tap's grid: averaged taps, resized, concatenated."""
+        taps = [self.local_average(tap) for tap in self.backbone(images)]
+        grid = taps[0].shape[-2:]
+        resized = [tap if tap.shape[-2:] == grid else F.interpolate(tap, size=grid, mode="bilinear", align_corners=False) for tap in taps]
+        return torch.cat(resized, dim=1)
+
+    def point_features(self, xyz: Tensor) -> Tensor:
+        """(B, 3, H, W) organized clouds -> (B, 33, h, w): FPFH per cell of the finest tap's grid, averaged over valid cells."""
+        cells = fpfh_grid_features(xyz, stride=self.stride) / FPFH_SCALE
+        occupied = (cells.abs().sum(dim=1, keepdim=True) > 0).to(cells.dtype)
+        return self.local_average(cells, occupied)
+
+
+class PatchCoreLearner(ScaledModalityMaps):
+    """Frozen locally aware features + a growing memory bank per modality; nothing is trained."""
+
+    Options = PatchCoreOptions
+    name = "patchcore"
+
+    def __init__(self, options: PatchCoreOptions, modality: str, num_objects: int, image_size: int) -> None:
+        super().__init__(modality)
+        self.options = options
+        backbone = build_backbone(options.backbone, weights=options.backbone_weights, taps=options.taps)
+        self.patch_features = PatchFeatures(backbone, options.neighbourhood)
+        self.grid = (math.ceil(image_size / self.patch_features.stride),) * 2
+        self.image_cache = FeatureCache(self.patch_features.image_features) if options.cache_features else None
+        self.point_cache = FeatureCache(self.patch_features.point_features) if options.cache_features else None
+        for modality_name in self.modalities:
+            register_growing_buffer(self, f"bank_{modality_name}", torch.empty(0, self.channels(modality_name)))
+        self.register_buffer("fits", torch.zeros((), dtype=torch.long))
+
+    def channels(self, modality: str) -> int:
+        if modality == "depth" and self.options.three_d == "fpfh":
+            return FPFH_DIM
+        return self.patch_features.backbone.out_channels
+
+    def bank(self, modality: str) -> Tensor:
+        return getattr(self, f"bank_{modality}")
+
+    def features(self, batch: Batch, modality: str) -> tuple[Tensor, Tensor | None]:
+        """(B, L, C) patch tokens of one modality, and for 3-D the (B, L) valid-token mask (None for RGB)."""
+        suffix = f"{modality}|taps{self.options.taps}|n{self.options.neighbourhood}"
+        if modality == "depth" and self.options.three_d == "fpfh":
+            if batch.xyz is None:
+                raise ValueError(f"{batch.path[0]}: three_d 'fpfh' needs the organized point cloud, but the batch has no xyz")
+            keys = [f"{path}|fpfh|{suffix}" for path in batch.path]
+            maps = frozen_features(self.patch_features.point_features, self.point_cache, batch.xyz, keys)
+        else:
+            keys = [f"{path}|{suffix}" for path in batch.path]
+            maps = frozen_features(self.patch_features.image_features, self.image_cache, modality_input(batch, modality), keys)
+        tokens = maps.flatten(2).transpose(1, 2)
+        return tokens, (valid_tokens(batch, maps.shape[-2:]) if modality == "depth" else None)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """The patch tokens of each modality (there is no training output: the bank is fitted, not trained)."""
+        return {f"{m}/features": self.features(batch, m)[0] for m in self.modalities}
+
+    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """No loss: PatchCore has no trainable parameter, so the strategy runs no epoch for it."""
+        return {}
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[Batch]) -> None:
+        """Append this experience's coreset to every modality's bank and set the leave-one-image-out scales."""
+        tokens: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        images: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        seen = 0
+        for batch in batches:
+            for modality in self.modalities:
+                features, valid = self.features(batch, modality)
+                owner = torch.arange(seen, seen + len(batch), device=features.device)[:, None].expand(features.shape[:2])
+                keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device) if valid is None else valid
+                tokens[modality].append(features[keep])
+                images[modality].append(owner[keep])
+            seen += len(batch)
+        seed = self.options.seed + 1000 * int(self.fits)
+        for index, modality in enumerate(self.modalities):
+            features, owner = torch.cat(tokens[modality]), torch.cat(images[modality])
+            if len(features) == 0:
+                raise ValueError(f"patchcore: the experience's training images have no valid {modality} patch to fill the bank with")
+            size = min(math.ceil(self.options.coreset_ratio * len(features)), self.options.max_bank)
+            chosen = greedy_coreset(features, size, self.options.projection_dim, seed + index)
+            old = self.bank(modality)
+            self.map_scale[index] = self.leave_one_image_out_scale(features, owner, old, chosen, seed + index)
+            setattr(self, f"bank_{modality}", torch.cat([old, features[chosen].to(old.dtype)]))
+        self.fits += 1
+
+    def leave_one_image_out_scale(self, features: Tensor, owner: Tensor, old_bank: Tensor, chosen: Tensor, seed: int) -> Tensor:
+        """Mean distance of (sampled) training patches to the new bank without their own image's new entries."""
+        sample = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:CALIBRATION_TOKENS].to(features.device)
+        bank = torch.cat([old_bank, features[chosen]])
+        bank_owner = torch.cat([torch.full((len(old_bank),), -1, device=owner.device, dtype=owner.dtype), owner[chosen]])
+        distances, _ = nearest_neighbours(features[sample], bank, owner[sample], bank_owner)
+        distances = distances[torch.isfinite(distances)]
+        return distances.mean().clamp_min(1e-8) if len(distances) else torch.ones((), device=features.device)
+
+    def calibrate(self, batches: Iterable[Batch]) -> None:
+        """Nothing after the epochs: the scales are set in ``fit``, where each bank entry's source image is known."""
+
+    def modality_maps(self, batch: Batch) -> dict[str, Tensor]:
+        """Per modality, each patch's distance to its nearest bank entry, (B, h, w); 0 on invalid 3-D tokens."""
+        maps = {}
+        for modality in self.modalities:
+            bank = self.bank(modality)
+            if len(bank) == 0:
+                raise ConfigError("patchcore: the memory bank is empty; the learner must be fitted on an experience before it scores")
+            tokens, valid = self.features(batch, modality)
+            distances, nearest = nearest_neighbours(tokens.reshape(-1, tokens.shape[-1]), bank)
+            distances, nearest = distances.reshape(tokens.shape[:2]), nearest.reshape(tokens.shape[:2])
+            if valid is not None:
+                distances = distances * valid
+            if self.options.reweighting:
+                distances = distances * self.reweighting(tokens, distances, nearest, bank)[:, None]
+            maps[modality] = distances.reshape(len(batch), *self.grid)
+        return maps
+
+    def reweighting(self, tokens: Tensor, distances: Tensor, nearest: Tensor, bank: Tensor) -> Tensor:
+        """PatchCore's image weight (B,): 1 - softmax of the top patch's distances to its entry's bank neighbours, first term."""
+        rows = torch.arange(len(tokens), device=tokens.device)
+        top = distances.argmax(dim=1)
+        top_features = tokens[rows, top]
+        entries = bank[nearest[rows, top]]
+        neighbours = min(self.options.reweighting_neighbours, len(bank))
+        support = torch.cdist(entries, bank).topk(neighbours, largest=False).indices
+        support_distances = (top_features[:, None] - bank[support]).norm(dim=-1)
+        return 1.0 - torch.softmax(support_distances, dim=1)[:, 0]
+
+    def step_report(self) -> dict[str, float]:
+        """Bank entries per modality after the latest experience."""
+        return {f"bank_size/{m}": float(len(self.bank(m))) for m in self.modalities}
