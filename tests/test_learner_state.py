@@ -27,9 +27,10 @@ CLASSES = ["dome", "ring", "brick"]
 # Small options per registered learner, so a 64-px two-step run takes seconds.
 TINY_OPTIONS: dict[str, dict] = {
     "reconstruction": {"hidden_dim": 32, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "feedforward_dim": 64},
-    "ib_iumad": {"hidden_dim": 32, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 2, "feedforward_dim": 64, "mamba_state_dim": 4},
+    "ib_iumad": {"hidden_dim": 32, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 3, "feedforward_dim": 64, "mamba_state_dim": 4},
     "rlr": {"hidden_dims": [16, 16], "num_blocks": 1, "num_heads": 2, "feedforward_ratio": 2, "windows": [3, 3]},
     "cfm": {"hidden_dim": 32},
+    "patchcore": {"coreset_ratio": 0.25},
     "uni_rcm": {"hidden_dim": 32, "num_blocks": 1, "codes_per_fit_2d": 16, "codes_per_fit_3d": 8, "quantizer_levels": 3},
 }
 
