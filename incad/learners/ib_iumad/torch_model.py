@@ -26,8 +26,8 @@ Choices where the paper is silent, written down:
   in depth could never reach the anomaly map, which the paper says comes from
   the fused reconstruction; so F^g is mapped to the concatenated RGB and depth
   features, and the map is, per modality, the distance between that modality's
-  part of the fused reconstruction and its features, each divided by its mean on
-  clean training tokens and fused by the maximum (as the reconstruction learner).
+  part of the fused reconstruction and its features, each divided by its mean image
+  maximum on clean training images and fused by the maximum (as the reconstruction learner).
 - The MSE reconstruction loss of each modality's MRN is kept ("we first employ
   the classic MSE loss for reconstruction"), next to eq. 10's four terms.
 - IBFM needs both modalities; with ``rgb`` or ``depth`` alone the learner runs
