@@ -1,20 +1,28 @@
 """Where the image score (max of the smoothed map) of normal images comes from, on a real class.
 
-Trains one learner on one real MVTec 3D-AD class (preprocessing on, one step),
-reports the test I-AUROC / P-AUROC / AUPRO@0.3 / AUPRO@0.01 of the run, and
-then, on the VALIDATION normals (never the test set), where each map's maximum
+Trains one learner on one real MVTec 3D-AD class (preprocessing on, one step)
+or loads its weights (``--weights``, a state dict this script dumped), then,
+for two ways of fusing per-modality maps on the SAME weights:
+
+- ``mean-token``: the scoring before the fix, every modality map divided by its
+  mean over all training tokens, every token scored;
+- ``current``: the learner's own ``anomaly_map`` (for ``ScaledModalityMaps``:
+  tokens without 3-D points unscored, scale = mean image maximum);
+
+prints the test I-AUROC / P-AUROC / AUPRO@0.3 / AUPRO@0.01 (report only) and,
+on the VALIDATION normals (never the test set), where each map's maximum
 lies: on pixels with or without a 3-D point, its distance to the object's
 outline and to the image border, on the stride-16 grid's outer ring or not,
-and which modality's scaled map wins there (learners that fuse per-modality
-maps by their maximum). The per-image figures go to ``--dump`` for further
-analysis.
+and which modality's scaled map wins there.
 
-    python benchmarks/diag_image_score.py --learner ib_iumad --epochs 3 [--root data/real] [--set key=value ...]
+    python benchmarks/diag_image_score.py --learner ib_iumad --epochs 3 [--dump .cache/diag/ib.pt] [--set key=value ...]
+    python benchmarks/diag_image_score.py --learner ib_iumad --weights .cache/diag/ib.pt
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +33,11 @@ from common import REPO_ROOT
 
 from incad.config import load_config
 from incad.data.datasets import split_dataset
-from incad.data.sample import collate
-from incad.evaluation.postprocess import upsample_and_smooth
+from incad.data.sample import Batch, collate
+from incad.evaluation.postprocess import image_scores, upsample_and_smooth
 from incad.learners.features import ScaledModalityMaps
-from incad.runner import prepare_data, run_experiment
+from incad.metrics import image_auroc, pixel_metrics
+from incad.runner import build_learner, prepare_data, run_experiment
 
 BASE_YAML = {
     "reconstruction": "experiments/quickstart.yaml",
@@ -37,6 +46,8 @@ BASE_YAML = {
     "cfm": "experiments/learners/cfm.yaml",
     "rlr": "experiments/learners/rlr.yaml",
 }
+# (B, M, h, w): the maps whose pixel-wise maximum over M is the fused anomaly map.
+Scorer = Callable[[Batch], torch.Tensor]
 
 
 def real_overrides(args: argparse.Namespace) -> list[str]:
@@ -48,50 +59,79 @@ def real_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def batches_of(dataset, size: int = 8):
+    for start in range(0, len(dataset), size):
+        yield collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+
+
 @torch.no_grad()
-def where_maxima_lie(learner, dataset, sigma: float) -> dict[str, np.ndarray]:
-    """Per image: the map's maximum, whether its argmax has a 3-D point, distances to outline and border, winning modality."""
-    learner.eval()
-    rows: dict[str, list] = {k: [] for k in ("score", "on_valid", "outline_px", "border_px", "grid_ring", "winner", "valid_fraction", "score_valid")}
-    for start in range(0, len(dataset), 8):
-        batch = collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
-        raw = learner.anomaly_map(batch)
-        grid = raw.shape[-2:]
-        maps = upsample_and_smooth(raw, tuple(batch.mask.shape[-2:]), sigma)
-        scaled = None
-        if isinstance(learner, ScaledModalityMaps) and len(learner.modalities) == 2:
-            per_modality = learner.modality_maps(batch)
-            scaled = torch.stack([per_modality[m] / learner.map_scale[i] for i, m in enumerate(learner.modalities)], dim=1)
+def scorers(learner, train) -> dict[str, Scorer]:
+    """The learner's own fused map and, for max-fused learners, the mean-token scaling used before."""
+    if not isinstance(learner, ScaledModalityMaps):
+        return {"current": lambda batch: learner.anomaly_map(batch)[:, None]}
+    learner.calibrate(batches_of(train))
+    totals, count = torch.zeros(len(learner.modalities)), 0
+    for batch in batches_of(train):
+        maps = learner.modality_maps(batch)
+        totals += torch.stack([maps[m].sum() for m in learner.modalities])
+        count += maps[learner.modalities[0]].numel()
+    mean_token = totals / count
+
+    def mean_token_scaled(batch: Batch) -> torch.Tensor:
+        maps = learner.modality_maps(batch)
+        return torch.stack([maps[m] / mean_token[i] for i, m in enumerate(learner.modalities)], dim=1)
+
+    def current(batch: Batch) -> torch.Tensor:
+        maps = learner.scored_modality_maps(batch)
+        return torch.stack([maps[m] / learner.map_scale[i] for i, m in enumerate(learner.modalities)], dim=1)
+
+    return {"mean-token": mean_token_scaled, "current": current}
+
+
+@torch.no_grad()
+def test_metrics(scorer: Scorer, test, sigma: float) -> dict[str, float]:
+    maps, masks, labels = [], [], []
+    for batch in batches_of(test):
+        maps.append(upsample_and_smooth(scorer(batch).amax(dim=1), tuple(batch.mask.shape[-2:]), sigma))
+        masks.append(batch.mask)
+        labels.append(batch.label)
+    maps, masks = torch.cat(maps), torch.cat(masks)
+    return {"i_auroc": image_auroc(image_scores(maps), torch.cat(labels)), **pixel_metrics(maps, masks)}
+
+
+@torch.no_grad()
+def where_maxima_lie(scorer: Scorer, dataset, sigma: float) -> dict[str, np.ndarray]:
+    """Per image: whether the argmax has a 3-D point, its distances to outline and border, the winning modality."""
+    rows: dict[str, list] = {k: [] for k in ("on_valid", "outline_px", "border_px", "grid_ring", "winner")}
+    for batch in batches_of(dataset):
+        parts = scorer(batch)
+        grid = parts.shape[-2:]
+        maps = upsample_and_smooth(parts.amax(dim=1), tuple(batch.mask.shape[-2:]), sigma)
         for index in range(len(batch)):
             smoothed, valid = maps[index].numpy(), batch.valid[index].numpy()
             height, width = smoothed.shape
             y, x = np.unravel_index(smoothed.argmax(), smoothed.shape)
-            inside = ndimage.distance_transform_edt(valid)  # distance of a valid pixel to the nearest pixel without a point
+            inside = ndimage.distance_transform_edt(valid)  # a valid pixel's distance to the nearest pixel without a point
             outside = ndimage.distance_transform_edt(~valid)
-            rows["score"].append(smoothed.max())
-            rows["score_valid"].append(smoothed[valid].max() if valid.any() else 0.0)
+            gy, gx = y * grid[0] // height, x * grid[1] // width
             rows["on_valid"].append(bool(valid[y, x]))
             rows["outline_px"].append(inside[y, x] if valid[y, x] else -outside[y, x])
             rows["border_px"].append(min(y, x, height - 1 - y, width - 1 - x))
-            gy, gx = y * grid[0] // height, x * grid[1] // width
             rows["grid_ring"].append(gy in (0, grid[0] - 1) or gx in (0, grid[1] - 1))
-            rows["valid_fraction"].append(valid.mean())
-            if scaled is not None:
-                rows["winner"].append(int(scaled[index, :, gy, gx].argmax()))
-            else:
-                rows["winner"].append(-1)
+            rows["winner"].append(int(parts[index, :, gy, gx].argmax()))
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def describe(name: str, figures: dict[str, np.ndarray], modalities: tuple[str, ...]) -> None:
+def describe(figures: dict[str, np.ndarray], modalities: tuple[str, ...]) -> str:
     outline = figures["outline_px"]
-    print(f"\n{name}: {len(outline)} images")
-    print(f"  argmax on a pixel without a 3-D point: {np.mean(~figures['on_valid']):.2f}")
-    print(f"  argmax within 4 px of the outline (either side): {np.mean(np.abs(outline) <= 4):.2f}; median signed distance {np.median(outline):.1f} px")
-    print(f"  argmax within 16 px of the image border: {np.mean(figures['border_px'] < 16):.2f}; on the grid's outer ring: {np.mean(figures['grid_ring']):.2f}")
-    if (figures["winner"] >= 0).any():
-        print("  modality winning at the argmax: " + ", ".join(f"{m} {np.mean(figures['winner'] == i):.2f}" for i, m in enumerate(modalities)))
-    print(f"  score: mean {figures['score'].mean():.4f}; max over valid pixels only: mean {figures['score_valid'].mean():.4f}")
+    text = (
+        f"argmax without a 3-D point {np.mean(~figures['on_valid']):.2f}; within 4 px of the outline {np.mean(np.abs(outline) <= 4):.2f} "
+        f"(median signed distance {np.median(outline):.1f} px); within 16 px of the border {np.mean(figures['border_px'] < 16):.2f}; "
+        f"on the grid's outer ring {np.mean(figures['grid_ring']):.2f}"
+    )
+    if len(modalities) > 1:
+        text += "; winning modality " + ", ".join(f"{m} {np.mean(figures['winner'] == i):.2f}" for i, m in enumerate(modalities))
+    return text
 
 
 def main() -> None:
@@ -102,27 +142,27 @@ def main() -> None:
     parser.add_argument("--class-name", default="cable_gland")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--splits", nargs="+", default=["validation"], choices=["train", "validation"], help="normal splits to diagnose (never test)")
-    parser.add_argument("--dump", type=Path, default=None, help="write the per-image figures (.npz)")
+    parser.add_argument("--weights", type=Path, default=None, help="skip training: load this learner state dict")
+    parser.add_argument("--dump", type=Path, default=None, help="write the trained learner's state dict here")
     args = parser.parse_args()
     config = load_config(REPO_ROOT / BASE_YAML[args.learner], overrides=real_overrides(args))
     torch.set_num_threads(1)
-    result = run_experiment(config, show_progress=False)
-    summary = result.summary
-    print(
-        f"{args.learner}, {args.epochs} epochs, test: I-AUROC {summary['i_auroc/final_mean']:.3f} P-AUROC {summary['p_auroc/final_mean']:.3f} "
-        f"AUPRO@0.3 {summary['aupro_30/final_mean']:.3f} AUPRO@0.01 {summary['aupro_1/final_mean']:.3f}"
-    )
+    if args.weights is None:
+        learner = run_experiment(config, show_progress=False).learner
+        if args.dump:
+            torch.save(learner.state_dict(), args.dump)
+    else:
+        learner = build_learner(config, num_objects=1)
+        learner.load_state_dict(torch.load(args.weights))
+    learner.eval()
     root = prepare_data(config)
-    dumps = {}
-    for split in args.splits:
-        dataset = split_dataset(config.dataset, root, [args.class_name], split, {args.class_name: 0}, load_xyz=True)
-        figures = where_maxima_lie(result.learner, dataset, config.evaluation.smoothing_sigma)
-        describe(f"{split} normals", figures, result.learner.modalities)
-        dumps.update({f"{split}/{k}": v for k, v in figures.items()})
-    if args.dump:
-        np.savez(args.dump, **dumps)
-        torch.save({"learner": result.learner.state_dict()}, args.dump.with_suffix(".pt"))
+    split = {name: split_dataset(config.dataset, root, [args.class_name], name, {args.class_name: 0}, load_xyz=True) for name in ("train", "validation", "test")}
+    sigma = config.evaluation.smoothing_sigma
+    print(f"{args.learner}, {config.training.epochs} epochs, {args.class_name}; test figures are for reporting only")
+    for name, scorer in scorers(learner, split["train"]).items():
+        metrics = test_metrics(scorer, split["test"], sigma)
+        print(f"  [{name}] test: " + " ".join(f"{key} {value:.3f}" for key, value in metrics.items()))
+        print(f"  [{name}] validation normals: {describe(where_maxima_lie(scorer, split['validation'], sigma), learner.modalities)}")
 
 
 if __name__ == "__main__":
