@@ -118,7 +118,7 @@ def where_maxima_lie(scorer: Scorer, dataset, sigma: float) -> dict[str, np.ndar
             rows["outline_px"].append(inside[y, x] if valid[y, x] else -outside[y, x])
             rows["border_px"].append(min(y, x, height - 1 - y, width - 1 - x))
             rows["grid_ring"].append(gy in (0, grid[0] - 1) or gx in (0, grid[1] - 1))
-            rows["winner"].append(int(parts[index, :, gy, gx].argmax()))
+            rows["winner"].append(int(parts[index, :, gy, gx].argmax()) if parts.shape[1] > 1 else -1)
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
@@ -129,7 +129,7 @@ def describe(figures: dict[str, np.ndarray], modalities: tuple[str, ...]) -> str
         f"(median signed distance {np.median(outline):.1f} px); within 16 px of the border {np.mean(figures['border_px'] < 16):.2f}; "
         f"on the grid's outer ring {np.mean(figures['grid_ring']):.2f}"
     )
-    if len(modalities) > 1:
+    if (figures["winner"] >= 0).all():
         text += "; winning modality " + ", ".join(f"{m} {np.mean(figures['winner'] == i):.2f}" for i, m in enumerate(modalities))
     return text
 
