@@ -1,7 +1,9 @@
 """IB-IUMAD vs the plain reconstruction learner, and the Table 5 ablation, in one run.
 
 All runs use the quickstart scenario (5 synthetic classes, 3-1 with 2 steps,
-rgb+depth, naive fine-tuning) with the same seed. Per run: final mean I-AUROC /
+rgb+depth, naive fine-tuning) with the same seed and 4 decoder layers (IBFM
+fuses the states after layer 2 and the last one, as in the paper), the plain
+learner included so every row has the same MRN. Per run: final mean I-AUROC /
 P-AUROC / AUPRO@0.3 / AUPRO@0.01, FM of I-AUROC, training time and the peak
 memory of the whole run; then, in a separate process, inference images/s
 (rgb+depth, batch 16, 224x224, CPU, feature cache off) and the peak memory of
@@ -39,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
         for label, run in RUNS.items():
             overrides = [f"{k}={v}" for k, v in run.items()] + [
-                f"training.epochs={args.epochs}", f"output_dir={scratch}/out", "tracking.enabled=false", *args.set,
+                "learner.decoder_layers=4", f"training.epochs={args.epochs}", f"output_dir={scratch}/out", "tracking.enabled=false", *args.set,
             ]
             row = in_own_process(run_figures, QUICKSTART, overrides)
             inference = in_own_process(inference_figures, QUICKSTART, overrides, 224)

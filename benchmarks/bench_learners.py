@@ -22,6 +22,8 @@ from common import QUICKSTART, REPO_ROOT, in_own_process, markdown_table, run_fi
 
 LEARNERS = ("rlr", "cfm", "uni_rcm", "reconstruction", "ib_iumad")
 QUICKSTART_LEARNERS = {"reconstruction", "ib_iumad"}
+# IBFM fuses the MRN states after decoder layer 2 and after the last one: the quickstart's 2 layers cannot express that.
+LEARNER_OVERRIDES = {"ib_iumad": ["learner.decoder_layers=4"]}
 COLUMNS = {
     "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro_30": "AUPRO@0.3", "aupro_1": "AUPRO@0.01", "fm": "FM (I-AUROC)",
     "train_s": "train s", "images_per_s": "images/s", "peak_gib": "peak GiB",
@@ -56,7 +58,7 @@ def main() -> None:
             *args.set,
         ]
         for learner in learners:
-            rows[learner] = in_own_process(run_figures, scenario_file(learner), [f"learner.name={learner}", *overrides])
+            rows[learner] = in_own_process(run_figures, scenario_file(learner), [f"learner.name={learner}", *LEARNER_OVERRIDES.get(learner, []), *overrides])
             print(f"done: {learner}", flush=True)
     print(f"\nquickstart scenario, naive, {args.epochs} epochs, {args.image_size} px\n")
     print(markdown_table(COLUMNS, rows, "learner"))

@@ -12,7 +12,7 @@ from incad.errors import ConfigError
 from incad.learners.ib_iumad import IBIUMADLearner, IBIUMADOptions
 from incad.plugins import LossTermPlugin
 
-SMALL = dict(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=2, feedforward_dim=64, mamba_state_dim=4)
+SMALL = dict(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=3, feedforward_dim=64, mamba_state_dim=4)
 CLASSES = ["dome", "ring"]
 
 
@@ -23,7 +23,7 @@ def batch_of(root, n_per_class=3):
 
 
 def learner_with(**options) -> IBIUMADLearner:
-    return IBIUMADLearner(IBIUMADOptions(**SMALL, **options), modality="rgb+depth", num_objects=2, image_size=64)
+    return IBIUMADLearner(IBIUMADOptions(**{**SMALL, **options}), modality="rgb+depth", num_objects=2, image_size=64)
 
 
 def test_full_model_outputs_and_plugins(tiny_dataset):
@@ -64,9 +64,33 @@ def test_zero_weight_switches_a_term_off_and_single_modality_has_no_ibfm():
     assert not rgb_only.use_ibfm and {p.name for p in rgb_only.plugins()} == {"classifier/rgb"}
 
 
-def test_ibfm_needs_two_decoder_layers():
-    with pytest.raises(ValueError, match="decoder_layers"):
-        IBIUMADOptions(**{**SMALL, "decoder_layers": 1})
+def test_ibfm_refuses_a_layer_count_where_its_two_depths_coincide(tiny_run_config):
+    tiny_run_config["learner"] = {"name": "ib_iumad", **SMALL, "decoder_layers": 2}
+    with pytest.raises(ConfigError, match="learner.decoder_layers"):
+        validate_config(tiny_run_config)
+    tiny_run_config["learner"]["ibfm"] = False
+    assert validate_config(tiny_run_config).learner_options()["decoder_layers"] == 2
+
+
+@pytest.mark.parametrize("decoder_layers", [3, 4])
+def test_ibfm_fuses_the_states_after_layer_two_and_after_the_last_layer(tiny_dataset, decoder_layers):
+    """Eq. 4: rec2 and rec4 are two different tensors, the MRN's states after layer 2 and after its last layer."""
+    learner = learner_with(decoder_layers=decoder_layers)
+    decoded: dict[str, list[torch.Tensor]] = {}
+    for modality, reconstructor in learner.reconstructors.items():
+        def recording_decode(*args, _decode=reconstructor.decode, _modality=modality):
+            decoded[_modality] = _decode(*args)
+            return decoded[_modality]
+        reconstructor.decode = recording_decode
+    fused_inputs = {}
+    learner.ibfm.register_forward_pre_hook(lambda module, args, kwargs: fused_inputs.update(kwargs), with_kwargs=True)
+    learner(batch_of(tiny_dataset))
+    for modality in ("rgb", "depth"):
+        states = decoded[modality]
+        assert len(states) == decoder_layers
+        assert fused_inputs[f"{modality}_rec2"] is states[1]
+        assert fused_inputs[f"{modality}_rec4"] is states[-1]
+        assert not torch.allclose(fused_inputs[f"{modality}_rec2"], fused_inputs[f"{modality}_rec4"])
 
 
 def test_ablation_and_fusion_yamls_are_valid():

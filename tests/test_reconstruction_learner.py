@@ -7,6 +7,7 @@ import torch
 
 from incad.data.sample import collate
 from incad.data.mvtec3d import MVTec3DDataset
+from incad.learners.features import valid_tokens
 from incad.learners.reconstruction import ReconstructionLearner, ReconstructionOptions
 
 SMALL = ReconstructionOptions(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=1, feedforward_dim=64)
@@ -58,17 +59,22 @@ def test_training_lowers_the_loss(tiny_dataset):
     assert loss.item() < 0.7 * first
 
 
-def test_calibration_sets_each_modality_scale_to_its_mean_clean_distance(tiny_dataset):
+def test_calibration_sets_each_modality_scale_to_its_mean_image_maximum_on_tokens_with_points(tiny_dataset):
     learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64).eval()
     batches = [batch_of(tiny_dataset, n=3), batch_of(tiny_dataset, n=5)]
     learner.calibrate(batches)
     for index, modality in enumerate(("rgb", "depth")):
-        distances = torch.cat([learner.token_distance(*learner.compared_features(learner(b))[modality]).flatten() for b in batches])
-        assert learner.map_scale[index].item() == pytest.approx(distances.mean().item(), rel=1e-5)
+        maxima = torch.cat(
+            [
+                (learner.token_distance(*learner.compared_features(learner(b))[modality]) * valid_tokens(b, learner.grid)).amax(dim=1)
+                for b in batches
+            ]
+        )
+        assert learner.map_scale[index].item() == pytest.approx(maxima.mean().item(), rel=1e-5)
     pairs = learner.compared_features(learner(batches[0]))
     raw = torch.stack([learner.token_distance(*pairs[m]) for m in ("rgb", "depth")])
     fused = learner.anomaly_map(batches[0]).flatten(1)
-    expected = (raw / learner.map_scale[:, None, None]).amax(dim=0)
+    expected = (raw / learner.map_scale[:, None, None]).amax(dim=0) * valid_tokens(batches[0], learner.grid)
     assert torch.allclose(fused, expected)
 
 

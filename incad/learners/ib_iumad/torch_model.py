@@ -9,7 +9,8 @@ The pieces and the equations they implement:
   network's (MRN's) decoder state before decoder layer ``k``, and the final
   block feeds a label classifier (eq. 3, cross-entropy on the object id).
 - IBFM (eq. 4-8): the MRN decoder states after layer 2 (``rec2``) and after the
-  last layer (``rec4``) of both modalities are concatenated per depth, fused by
+  last layer (``rec4``; the paper's MRN has 4) of both modalities are
+  concatenated per depth, fused by
   the chosen operator (Table 6; cross-attention by default), passed through the
   information-bottleneck projection, and read by one object classifier before
   and after the bottleneck (KL loss, eq. 8).
@@ -25,8 +26,8 @@ Choices where the paper is silent, written down:
   in depth could never reach the anomaly map, which the paper says comes from
   the fused reconstruction; so F^g is mapped to the concatenated RGB and depth
   features, and the map is, per modality, the distance between that modality's
-  part of the fused reconstruction and its features, each divided by its mean on
-  clean training tokens and fused by the maximum (as the reconstruction learner).
+  part of the fused reconstruction and its features, each divided by its mean image
+  maximum on clean training images and fused by the maximum (as the reconstruction learner).
 - The MSE reconstruction loss of each modality's MRN is kept ("we first employ
   the classic MSE loss for reconstruction"), next to eq. 10's four terms.
 - IBFM needs both modalities; with ``rgb`` or ``depth`` alone the learner runs
@@ -59,6 +60,8 @@ from incad.learners.reconstruction.torch_model import ReconstructionLearner, Rec
 from incad.models.layers import LabelClassifier, MambaDecoder
 from incad.plugins import LossTermPlugin
 
+# Eq. 4 fuses f^rec2 and f^rec4: the MRN states after decoder layer 2 and after the last (4th) layer.
+FUSED_EARLY_LAYER = 2
 CLASSIFIER_TERMS = {"rgb": rgb_classifier_term, "depth": depth_classifier_term}
 
 
@@ -78,9 +81,14 @@ class IBIUMADOptions(ReconstructionOptions):
     fused_classifier_weight: float = 1.0  # not in eq. 10: keeps the IB target P(Y|F_fu) tied to the labels
 
     @model_validator(mode="after")
-    def _ibfm_reads_layer_two(self) -> "IBIUMADOptions":
-        if self.ibfm and self.decoder_layers < 2:
-            raise ValueError("ibfm fuses the MRN states after decoder layer 2 and the last one: decoder_layers must be >= 2")
+    def _ibfm_reads_two_depths(self) -> "IBIUMADOptions":
+        # With 2 layers, "after layer 2" and "after the last layer" are one tensor and IBFM would fuse a state with itself.
+        if self.ibfm and self.decoder_layers <= FUSED_EARLY_LAYER:
+            raise ValueError(
+                f"learner.decoder_layers: ibfm fuses the MRN states after decoder layer {FUSED_EARLY_LAYER} and after the last "
+                f"layer (eq. 4), two different depths, so it needs at least {FUSED_EARLY_LAYER + 1} decoder layers "
+                f"(got {self.decoder_layers}; the paper uses 4), or set learner.ibfm: false"
+            )
         return self
 
 
@@ -128,8 +136,8 @@ class IBIUMADLearner(ReconstructionLearner):
             outputs[f"{modality}/reconstruction"] = reconstructor.output_projection(states[modality][-1])
         if self.use_ibfm:
             fused = self.ibfm(
-                rgb_rec2=states["rgb"][1],
-                depth_rec2=states["depth"][1],
+                rgb_rec2=states["rgb"][FUSED_EARLY_LAYER - 1],
+                depth_rec2=states["depth"][FUSED_EARLY_LAYER - 1],
                 rgb_rec4=states["rgb"][-1],
                 depth_rec4=states["depth"][-1],
             )

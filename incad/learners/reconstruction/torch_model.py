@@ -8,8 +8,9 @@ anomaly map: L2 as in UniAD/IUF by default, or ``map_distance: cosine``, which
 ignores the feature-magnitude variation of normal textures and scored higher
 image AUROC on the synthetic set after short CPU training (mean I-AUROC 0.83
 vs 0.74 with L2, jitter scale 5, 15 epochs, 3 classes). One reconstruction branch per modality; for ``rgb+depth`` each
-distance map is divided by its mean distance on the clean (unjittered) normal
-training tokens of the last experience (``calibrate``)
+distance map is divided by its mean image maximum on the clean (unjittered)
+normal training images of the last experience (``calibrate``; tokens without
+3-D points are not scored, see :class:`ScaledModalityMaps`)
 and the fused map is their pixel-wise maximum: a defect that shows in one
 modality only (a stain in RGB, a dent in depth) is not diluted by the other
 modality's normal noise, which a sum would add (measured on the synthetic set:

@@ -22,7 +22,8 @@ Choices the paper and its public code leave open, written down:
   scale 4, the public code's value.
 - Map: per modality, the level scores upsampled (bilinear) to the stride-8 grid
   and averaged (eq. 16); ``rgb+depth`` fuses the two modality maps by the
-  maximum after dividing each by its mean on normal training data.
+  maximum after dividing each by its mean image maximum on normal training
+  data (tokens without 3-D points unscored, see ``ScaledModalityMaps``).
 - ``map_score``: ``mse+cos`` is the paper's score; ``cos`` drops the MSE from
   the map (the loss keeps both). Lite0's unnormalised features make the MSE
   the larger part and it tracks feature energy more than defects: after 5
