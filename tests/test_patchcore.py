@@ -112,16 +112,16 @@ def test_banks_grow_per_experience_and_old_entries_stay_bit_identical(tiny_datas
     assert learner.modality_maps(ring)["rgb"].mean() < 0.5 * before
 
 
-def test_map_scales_come_from_leave_one_image_out_distances(tiny_dataset):
-    """Training patches are ~in the bank; the leave-out scale is nearer to what unseen normal images get."""
+def test_map_scales_come_from_leave_one_image_out_image_scores(tiny_dataset):
+    """Training patches are ~in the bank; the leave-out image score is nearer to what unseen normal images get."""
     learner = fitted_learner(tiny_dataset)
-    in_sample = learner.modality_maps(batch_of(tiny_dataset, ["dome"]))
+    in_sample = {m: values.flatten(1).amax(dim=1).mean() for m, values in learner.scored_modality_maps(batch_of(tiny_dataset, ["dome"])).items()}
     test = batch_of(tiny_dataset, ["dome"], split="test")
-    unseen = {m: values[test.label == 0].mean() for m, values in learner.modality_maps(test).items()}
+    unseen = {m: values[test.label == 0].flatten(1).amax(dim=1).mean() for m, values in learner.scored_modality_maps(test).items()}
     for index, modality in enumerate(learner.modalities):
         scale = learner.map_scale[index]
-        assert scale > in_sample[modality].mean()
-        assert abs(scale - unseen[modality]) < abs(in_sample[modality].mean() - unseen[modality])
+        assert scale > in_sample[modality]
+        assert abs(scale - unseen[modality]) < abs(in_sample[modality] - unseen[modality])
 
 
 def test_scoring_uses_no_class_id(tiny_dataset):

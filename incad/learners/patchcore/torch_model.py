@@ -29,16 +29,18 @@ memory (:func:`incad.ops.nearest.nearest_neighbours`); 3-D maps are 0 on
 invalid tokens (no geometry, no evidence of a defect; 0 is a normal patch's
 floor, so the fused maximum is the RGB one there).
 
-Fusion (``rgb+depth``): each modality's map is divided by its mean on normal
-data and the maps are fused by their maximum (:class:`ScaledModalityMaps`).
-With a memory bank, a training patch's distance to the bank is ~0 (it or a
-close neighbour was selected), which would set the scales from coverage noise.
-So the scale is the mean *leave-one-image-out* distance: each of (up to
-``CALIBRATION_TOKENS``, seeded) training patches of the experience against the
-bank without the entries its own image contributed in this experience, the
-closest stand-in for an unseen normal image that costs one search, not a
-coreset per image. It is set in ``fit`` (where the entries' source images are
-known) from the latest experience, as the other learners' scales are.
+Fusion (``rgb+depth``): each modality's map is divided by its normal image
+score and the maps are fused by their maximum, over the tokens with 3-D points
+(:class:`ScaledModalityMaps`' rule). With a memory bank, a training patch's
+distance to the bank is ~0 (it or a close neighbour was selected), which would
+set the scales from coverage noise. So the scale is a *leave-one-image-out*
+image score: for (up to ``CALIBRATION_IMAGES``, seeded) training images of the
+experience, the maximum over their scored patches of the distance to the bank
+without the entries the image itself contributed in this experience, averaged
+over the images: the closest stand-in for an unseen normal image that costs one
+search, not a coreset per image. It is set in ``fit`` (where the entries'
+source images are known) from the latest experience, as the other learners'
+scales are.
 
 Reweighting (``reweighting: true``, PatchCore's image score): for the patch
 with the largest distance s* in a modality's map, with nearest entry m*, the
@@ -75,8 +77,8 @@ from incad.models.layers.growing import register_growing_buffer
 from incad.ops.coreset import greedy_coreset
 from incad.ops.nearest import nearest_neighbours
 
-# Training patches (per modality and experience, drawn at random) whose leave-one-image-out distance sets the scale.
-CALIBRATION_TOKENS = 8192
+# Training images (per experience, drawn at random) whose leave-one-image-out image scores set the scales.
+CALIBRATION_IMAGES = 16
 
 
 class PatchCoreOptions(LearnerOptions):
@@ -191,16 +193,20 @@ class PatchCoreLearner(ScaledModalityMaps):
         """Append this experience's coreset to every modality's bank and set the leave-one-image-out scales."""
         tokens: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         images: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        scored: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         seen = 0
         for batch in batches:
+            scored_tokens = self.scored_tokens(batch)
             for modality in self.modalities:
                 features, valid = self.features(batch, modality)
                 owner = torch.arange(seen, seen + len(batch), device=features.device)[:, None].expand(features.shape[:2])
                 keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device) if valid is None else valid
                 tokens[modality].append(features[keep])
                 images[modality].append(owner[keep])
+                scored[modality].append(keep[keep] if scored_tokens is None else scored_tokens.to(keep.device)[keep])
             seen += len(batch)
         seed = self.options.seed + 1000 * int(self.fits)
+        calibration_images = torch.randperm(seen, generator=torch.Generator().manual_seed(seed))[:CALIBRATION_IMAGES]
         for index, modality in enumerate(self.modalities):
             features, owner = torch.cat(tokens[modality]), torch.cat(images[modality])
             if len(features) == 0:
@@ -208,18 +214,28 @@ class PatchCoreLearner(ScaledModalityMaps):
             size = min(math.ceil(self.options.coreset_ratio * len(features)), self.options.max_bank)
             chosen = greedy_coreset(features, size, self.options.projection_dim, seed + index)
             old = self.bank(modality)
-            self.map_scale[index] = self.leave_one_image_out_scale(features, owner, old, chosen, seed + index)
+            calibration = torch.cat(scored[modality]) & torch.isin(owner, calibration_images.to(owner.device))
+            self.map_scale[index] = self.leave_one_image_out_scale(features, owner, calibration, old, chosen)
             setattr(self, f"bank_{modality}", torch.cat([old, features[chosen].to(old.dtype)]))
         self.fits += 1
 
-    def leave_one_image_out_scale(self, features: Tensor, owner: Tensor, old_bank: Tensor, chosen: Tensor, seed: int) -> Tensor:
-        """Mean distance of (sampled) training patches to the new bank without their own image's new entries."""
-        sample = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:CALIBRATION_TOKENS].to(features.device)
+    def scored_tokens(self, batch: Batch) -> Tensor | None:
+        """(B, L) tokens that count in the image score (those with 3-D points when depth is used), None for all."""
+        if "depth" not in self.modalities or batch.valid is None:
+            return None
+        return valid_tokens(batch, self.grid)
+
+    def leave_one_image_out_scale(self, features: Tensor, owner: Tensor, calibration: Tensor, old_bank: Tensor, chosen: Tensor) -> Tensor:
+        """Mean over the calibration images of their largest distance to the new bank without their own new entries."""
         bank = torch.cat([old_bank, features[chosen]])
         bank_owner = torch.cat([torch.full((len(old_bank),), -1, device=owner.device, dtype=owner.dtype), owner[chosen]])
-        distances, _ = nearest_neighbours(features[sample], bank, owner[sample], bank_owner)
-        distances = distances[torch.isfinite(distances)]
-        return distances.mean().clamp_min(1e-8) if len(distances) else torch.ones((), device=features.device)
+        distances, _ = nearest_neighbours(features[calibration], bank, owner[calibration], bank_owner)
+        finite = torch.isfinite(distances)
+        if not finite.any():
+            return torch.ones((), device=features.device)
+        image_of = owner[calibration][finite]
+        image_max = torch.zeros(int(owner.max()) + 1, device=features.device).scatter_reduce(0, image_of, distances[finite], "amax")
+        return image_max[image_of.unique()].mean().clamp_min(1e-8)
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Nothing after the epochs: the scales are set in ``fit``, where each bank entry's source image is known."""
