@@ -300,7 +300,7 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
     from incad.data.datasets import split_dataset
     from incad.data.sample import collate
     from incad.evaluation.results import evaluate_object
-    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite0_state
+    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite_state
     from incad.runner import resolve_device, seed_everything
 
     seed_everything(seed)
@@ -314,7 +314,7 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
 
     model = PatchcoreModel(layers=list(options["layers"]), backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=options["num_neighbors"])
     timm_network = model.feature_extractor.feature_extractor
-    loaded = timm_network.load_state_dict(lite0_state_for_timm(packaged_lite0_state()), strict=False)
+    loaded = timm_network.load_state_dict(lite0_state_for_timm(packaged_lite_state(0)), strict=False)
     if loaded.missing_keys or any(not key.startswith(("conv_head.", "bn2.", "classifier.")) for key in loaded.unexpected_keys):
         raise RuntimeError(f"Lite0 weights do not fit timm's tf_efficientnet_lite0: missing {loaded.missing_keys[:5]}, unexpected {loaded.unexpected_keys[:5]}")
     model.to(device)

