@@ -1,4 +1,5 @@
-"""Every registered learner restores into a freshly built one: after a kill (``--resume``) and from its state dict.
+"""Every registered learner restores into a freshly built one: after a kill (``--resume``), from its state dict
+and from the model registry (``incad predict``'s loader).
 
 Parametrised over the learner registry, so a learner added later is covered
 the moment it is registered: it only needs a line in ``TINY_OPTIONS`` (a test
@@ -22,6 +23,7 @@ from incad.learners import Learner  # noqa: F401  (registers the learners)
 from incad.models.layers.growing import growing_buffer_names
 from incad.registry import LEARNERS
 from incad.runner import build_learner, run_experiment
+from incad.tracking.anomaly_model import load_registered_model
 
 CLASSES = ["dome", "ring", "brick"]
 # Small options per registered learner, so a 64-px two-step run takes seconds.
@@ -65,12 +67,13 @@ def runs(request, tiny_dataset, tmp_path_factory):
         "evaluation": {"batch_size": 8},
         "tracking": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": "state"},
     }
-    uninterrupted = run_experiment(validate_config({**raw, "name": "uninterrupted"}), show_progress=False)
+    registry = {**raw["tracking"], "registry": {"enabled": True, "model_name": f"state-{name}"}}
+    uninterrupted = run_experiment(validate_config({**raw, "name": "uninterrupted", "tracking": registry}), show_progress=False)
     interrupted = validate_config({**raw, "name": "interrupted"})
     with pytest.raises(SimulatedCrash):
         run_experiment(interrupted, show_progress=False, extra_plugins=(CrashAtStepOne(),))
     resumed = run_experiment(interrupted, show_progress=False, resume=True)
-    return {"name": name, "uninterrupted": uninterrupted, "resumed": resumed}
+    return {"name": name, "uninterrupted": uninterrupted, "resumed": resumed, "tracking_uri": raw["tracking"]["tracking_uri"]}
 
 
 def test_resume_equals_the_uninterrupted_run(runs):
@@ -91,7 +94,10 @@ def test_trained_learner_loads_into_a_fresh_one(runs, tiny_dataset):
         assert state[key].shape[0] > 0, f"{key} grew during training"
     fresh = build_learner(runs["uninterrupted"].config, num_objects=len(CLASSES)).eval()
     fresh.load_state_dict(state)
+    registered = load_registered_model(f"models:/state-{runs['name']}/latest", tracking_uri=runs["tracking_uri"]).learner
     dataset = MVTec3DDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
     batch = collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        torch.testing.assert_close(fresh.anomaly_map(batch), trained.anomaly_map(batch), atol=1e-6, rtol=1e-5)
+        expected = trained.anomaly_map(batch)
+        torch.testing.assert_close(fresh.anomaly_map(batch), expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(registered.anomaly_map(batch), expected, atol=1e-6, rtol=1e-5)
