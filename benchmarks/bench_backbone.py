@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from incad.models.backbones.efficientnet import build_backbone
+from incad.models.backbones.registry import create_backbone
 
 
 def batch_seconds(batch_size: int, size: int, repeats: int, warmup: int) -> list[float]:
     """Seconds per batch for ``repeats`` timed batches, after ``warmup`` untimed ones (first calls allocate)."""
-    backbone = build_backbone("efficientnet-lite0")
+    backbone = create_backbone("efficientnet-lite0")
     images = torch.rand(batch_size, 3, size, size)
     timings = []
     with torch.inference_mode():

@@ -31,7 +31,7 @@ import torch
 from incad.data.mvtec3d import MVTec3DDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreOptions, PatchFeatures
-from incad.models.backbones.efficientnet import build_backbone
+from incad.models.backbones.registry import create_backbone
 from incad.ops.coreset import coverage_radius, greedy_coreset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,7 +44,7 @@ FALLBACK_SHAPE = (62_720, 152)
 def real_features(max_images: int | None) -> tuple[torch.Tensor, str]:
     """(N, d) patch tokens of the real training images, as ``learner: patchcore`` computes them by default."""
     options = PatchCoreOptions()
-    extractor = PatchFeatures(build_backbone(options.backbone, taps=options.taps), options.neighbourhood)
+    extractor = PatchFeatures(create_backbone(options.backbone, taps=options.taps), options.neighbourhood)
     tokens, count = [], 0
     for root in REAL_ROOTS:
         dataset = MVTec3DDataset(root, [CLASS_NAME], "train", IMAGE_SIZE, {CLASS_NAME: 0}, load_xyz=False)

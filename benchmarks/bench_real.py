@@ -256,13 +256,12 @@ def state_mib(module, frozen: type) -> float:
 
 def incad_figures(scenario: str, overrides: list[str]) -> dict[str, float]:
     """One incad row (meant for :func:`in_own_process`): the run's metrics and costs."""
-    from incad.config import load_config
     from incad.models.backbones.efficientnet import MultiScaleFeatures
-    from incad.registry import LEARNERS
+    from incad.resolve import load_run
 
-    config = load_config(scenario, overrides=overrides)
-    offline = time_offline_stages(LEARNERS.get(config.learner.name))
-    result, figures = measured_run(config)
+    run = load_run(scenario, overrides=overrides)
+    offline = time_offline_stages(run.learner.factory)
+    result, figures = measured_run(run)
     return {
         **{key: figures[key] for key in ("i_auroc", "p_auroc", "aupro_30", "aupro_1", "images_per_s", "peak_gib")},
         "fit_s": figures["train_s"], "coreset_s": offline["seconds"], "state_mib": state_mib(result.learner, MultiScaleFeatures),
@@ -300,7 +299,8 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
     from incad.data.datasets import split_dataset
     from incad.data.sample import collate
     from incad.evaluation.results import evaluate_object
-    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite_state
+    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, packaged_lite_state
+    from incad.models.backbones.registry import create_backbone
     from incad.runner import resolve_device, seed_everything
 
     seed_everything(seed)
@@ -329,7 +329,7 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
     stages = [int(layer.rsplit(".", 1)[-1]) for layer in options["layers"]]
     with torch.no_grad():
         timm_features = model.feature_extractor(normalised(first))
-        incad_taps = build_backbone("efficientnet-lite0", taps=incad_taps_of_timm_stages(stages)).to(device)(first)
+        incad_taps = create_backbone("efficientnet-lite0", taps=incad_taps_of_timm_stages(stages)).to(device)(first)
     feature_difference = max((timm_features[layer] - tap).abs().max().item() for layer, tap in zip(options["layers"], incad_taps))
     del timm_features, incad_taps
 

@@ -22,7 +22,7 @@ from incad.learners.base import Learner
 from incad.models.backbones.cache import FeatureCache
 
 if TYPE_CHECKING:
-    from incad.config import RunConfig
+    from incad.resolve import ResolvedRun
     from incad.runner import RunResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,16 +89,16 @@ def in_own_process(function: Callable, *args: object) -> object:
 
 def run_figures(scenario: Path, overrides: Sequence[str]) -> dict[str, float]:
     """One whole run (meant for :func:`in_own_process`): final means, FM, training time, speed, peak memory."""
-    from incad.config import load_config
+    from incad.resolve import load_run
 
-    return measured_run(load_config(scenario, overrides=list(overrides)))[1]
+    return measured_run(load_run(scenario, overrides=list(overrides)))[1]
 
 
-def measured_run(config: RunConfig) -> tuple[RunResult, dict[str, float]]:
-    """Run ``config`` and measure it: the run's result and its figures (see :func:`run_figures`)."""
+def measured_run(run: ResolvedRun) -> tuple[RunResult, dict[str, float]]:
+    """Run ``run`` and measure it: the run's result and its figures (see :func:`run_figures`)."""
     from incad.runner import run_experiment
 
-    result = run_experiment(config, show_progress=False)
+    result = run_experiment(run, show_progress=False)
     summary = result.summary
     return result, {
         "i_auroc": summary["i_auroc/final_mean"],
@@ -107,18 +107,19 @@ def measured_run(config: RunConfig) -> tuple[RunResult, dict[str, float]]:
         "aupro_1": summary["aupro_1/final_mean"],
         "fm": summary["i_auroc/fm"],
         "train_s": sum(result.step_seconds),
-        "images_per_s": learner_images_per_second(result.learner, config.dataset.image_size),
+        "images_per_s": learner_images_per_second(result.learner, result.config.dataset.image_size),
         "peak_gib": peak_gib(),
     }
 
 
 def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> dict[str, float]:
     """Images/s and peak memory of inference alone at ``size`` px (meant for :func:`in_own_process`)."""
-    from incad.config import load_config
-    from incad.runner import build_learner
+    from incad.learners import create_learner
+    from incad.resolve import load_run
 
-    config = load_config(scenario, overrides=[*overrides, f"dataset.image_size={size}"])
-    learner = build_learner(config, num_objects=len(config.scenario.classes) or config.scenario.num_classes)
+    run = load_run(scenario, overrides=[*overrides, f"dataset.image_size={size}"])
+    scenario_config = run.config.scenario
+    learner = create_learner(run, num_objects=len(scenario_config.classes) or scenario_config.num_classes)
     return {"images_per_s": learner_images_per_second(learner, size), "peak_gib": peak_gib()}
 
 

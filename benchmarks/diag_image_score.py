@@ -31,13 +31,14 @@ from scipy import ndimage
 
 from common import REPO_ROOT
 
-from incad.config import load_config
 from incad.data.datasets import split_dataset
 from incad.data.sample import Batch, collate
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
 from incad.learners.features import ScaledModalityMaps
 from incad.metrics import image_auroc, pixel_metrics
-from incad.runner import build_learner, prepare_data, run_experiment
+from incad.learners import create_learner
+from incad.resolve import load_run
+from incad.runner import prepare_data, run_experiment
 
 BASE_YAML = {
     "reconstruction": "experiments/quickstart.yaml",
@@ -145,17 +146,18 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="skip training: load this learner state dict")
     parser.add_argument("--dump", type=Path, default=None, help="write the trained learner's state dict here")
     args = parser.parse_args()
-    config = load_config(REPO_ROOT / BASE_YAML[args.learner], overrides=real_overrides(args))
+    run = load_run(REPO_ROOT / BASE_YAML[args.learner], overrides=real_overrides(args))
+    config = run.config
     torch.set_num_threads(1)
     if args.weights is None:
-        learner = run_experiment(config, show_progress=False).learner
+        learner = run_experiment(run, show_progress=False).learner
         if args.dump:
             torch.save(learner.state_dict(), args.dump)
     else:
-        learner = build_learner(config, num_objects=1)
+        learner = create_learner(run, num_objects=1)
         learner.load_state_dict(torch.load(args.weights))
     learner.eval()
-    root = prepare_data(config)
+    root = prepare_data(config).root
     split = {name: split_dataset(config.dataset, root, [args.class_name], name, {args.class_name: 0}, load_xyz=True) for name in ("train", "validation", "test")}
     sigma = config.evaluation.smoothing_sigma
     print(f"{args.learner}, {config.training.epochs} epochs, {args.class_name}; test figures are for reporting only")

@@ -37,11 +37,12 @@ def format_results_table(matrices: ResultMatrices) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from incad.config import load_config
+    from incad.resolve import load_run
     from incad.runner import run_experiment
 
-    config = load_config(args.scenario, overrides=args.set, strategy_file=args.strategy)
-    result = run_experiment(config, show_progress=not args.no_progress, resume=args.resume, force=args.force)
+    run = load_run(args.scenario, overrides=args.set, strategy_file=args.strategy)
+    config = run.config
+    result = run_experiment(run, show_progress=not args.no_progress, resume=args.resume, force=args.force)
     split = config.scenario
     print(
         f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "

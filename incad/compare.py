@@ -33,6 +33,7 @@ from incad.errors import ConfigError
 from incad.evaluation.results import METRICS, ResultMatrices
 from incad.metrics import average_per_step
 from incad.paths import path_within, safe_name
+from incad.resolve import ResolvedRun, resolve
 from incad.runner import run_experiment
 from incad.tracking.mlflow_tracker import open_tracking_store
 from incad.tracking.plots import plot_heatmaps, plot_metric_vs_step
@@ -98,8 +99,8 @@ def peak_rss_gib() -> float:
     return int(match.group(1)) / 2**20 if match else float("nan")
 
 
-def combination_config(scenario: Path, strategy: str, learner: str | None, seed: int | None, overrides: list[str]) -> tuple[str, RunConfig]:
-    """The validated config of one grid cell, named ``<name>-<learner>-<strategy>-s<seed>``, and its strategy label."""
+def combination_run(scenario: Path, strategy: str, learner: str | None, seed: int | None, overrides: list[str]) -> tuple[str, ResolvedRun]:
+    """The resolved run of one grid cell, named ``<name>-<learner>-<strategy>-s<seed>``, and its strategy label."""
     preset = strategy_preset(strategy)
     label = preset.stem if preset else strategy
     grid_overrides = [] if preset else [f"strategy={strategy}"]
@@ -113,13 +114,14 @@ def combination_config(scenario: Path, strategy: str, learner: str | None, seed:
         safe_name(name)
     except ValueError as exc:
         raise ConfigError(f"--strategies {strategy}: the run name {name!r} {exc}; rename the preset file") from None
-    return label, config.model_copy(update={"name": name})
+    return label, resolve(config.model_copy(update={"name": name}), source=str(scenario))
 
 
-def run_combination(label: str, config: RunConfig, show_progress: bool) -> CombinationRun:
+def run_combination(label: str, run: ResolvedRun, show_progress: bool) -> CombinationRun:
+    config = run.config
     gc.collect()
     reset_peak_rss()
-    result = run_experiment(config, show_progress=show_progress)
+    result = run_experiment(run, show_progress=show_progress)
     state = result.learner.state_dict()
     return CombinationRun(
         learner=config.learner.name,
@@ -216,7 +218,7 @@ def run_comparison(
     base = load_config(scenario, overrides=overrides)
     # Every cell is validated before the first one runs: a typo fails at once, not after hours.
     grid = [
-        combination_config(scenario, strategy, learner, seed, overrides)
+        combination_run(scenario, strategy, learner, seed, overrides)
         for learner in (learners or [None])
         for strategy in strategies
         for seed in (seeds or [None])
@@ -231,7 +233,7 @@ def run_comparison(
         parent_run_id = parent.info.run_id
         mlflow.log_params({"strategies": ",".join(strategies), "learners": ",".join(learners or [base.learner.name]), "seeds": ",".join(map(str, seeds or [base.seed]))})
     try:
-        runs = [run_combination(label, config, show_progress) for label, config in grid]
+        runs = [run_combination(label, run, show_progress) for label, run in grid]
         rows = aggregate(runs)
         table = markdown_table(rows)
         markdown_path = output_dir / "comparison.md"

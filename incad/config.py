@@ -3,9 +3,10 @@
 Every section is a pydantic model with ``extra="forbid"``: an unknown key, a
 wrong type or an unknown name fails at load time with a message that names the
 key (``strategy.epochs``) and, where there is a closed set, the allowed values.
-Learner- and strategy-specific options are validated by the options model that
-the registered learner or strategy declares, so a new learner brings its own
-schema and needs no change here.
+This module is the schema only and imports no registry: the learner- and
+strategy-specific options are validated by the options model that the
+registered learner or strategy declares, when :mod:`incad.resolve` resolves
+the run, so a new learner brings its own schema and needs no change here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from incad.data.preprocess import PreprocessingConfig
 from incad.data.synthetic import SyntheticConfig, class_names
-from incad.errors import ConfigError
+from incad.errors import ConfigError, format_validation_error
 from incad.paths import safe_name
 
 # A name that becomes a folder (outputs/<name>, <dataset root>/<class>): one path component, checked at load.
@@ -198,37 +199,6 @@ class RunConfig(StrictModel):
         return dict(self.strategy.model_extra or {})
 
 
-def _format_validation_error(error: ValidationError, source: str, model: type[BaseModel]) -> str:
-    lines = [f"{source}: invalid configuration."]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, item["loc"][:-1])
-            hint = f" Allowed keys here: {', '.join(allowed)}." if allowed else ""
-            lines.append(f"  - unknown key '{key}'.{hint}")
-        elif item["type"] == "missing":
-            lines.append(f"  - missing key '{key}'.")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            label = "" if message.startswith(key) or not item["loc"] else f"'{key}': "
-            given = item.get("input")
-            # a whole section as "got" says nothing the message does not
-            lines.append(f"  - {label}{message}" + ("." if isinstance(given, dict) else f" (got {given!r})."))
-    lines.append("Fix the key(s) above and run again.")
-    return "\n".join(lines)
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model that ``loc`` points into."""
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = field.annotation
-    return sorted(getattr(current, "model_fields", {}))
-
-
 def _normalise_named_sections(raw: dict[str, Any]) -> dict[str, Any]:
     """``learner: reconstruction`` is shorthand for ``learner: {name: reconstruction}``."""
     for section in ("learner", "strategy"):
@@ -307,27 +277,9 @@ def load_config(
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a raw mapping, including the learner's and strategy's own options."""
+    """Validate a raw mapping against the schema; the learner's and strategy's own options are checked by :func:`incad.resolve.resolve`."""
     raw = _normalise_named_sections(copy.deepcopy(raw))
     try:
-        config = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source, RunConfig)) from None
-    import incad.learners  # noqa: F401  (importing registers the built-in learners)
-    import incad.strategies  # noqa: F401  (and the built-in strategies)
-    from incad.registry import LEARNERS, STRATEGIES
-
-    for section, registry, options in (
-        ("learner", LEARNERS, config.learner_options()),
-        ("strategy", STRATEGIES, config.strategy_options()),
-    ):
-        try:
-            entry = registry.get(getattr(config, section).name)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: '{section}.name': {exc}") from None
-        try:
-            entry.Options.model_validate(options)
-        except ValidationError as exc:
-            message = _format_validation_error(exc, source, entry.Options)
-            raise ConfigError(message.replace("  - '", f"  - '{section}.").replace("key '", f"key '{section}.")) from None
-    return config
+        raise ConfigError(format_validation_error(exc, source, RunConfig)) from None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 import time
 import warnings
@@ -16,23 +14,23 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from incad.checkpoint import resume_latest, save_checkpoint
 from incad.config import RunConfig
-from incad.data.datasets import cache_root, prepare_dataset
+from incad.data.datasets import PreparedDataset, cache_root, prepare_dataset
 from incad.errors import ConfigError
 from incad.evaluation.avalanche_metrics import AnomalyDetectionMetrics, ForgettingMeasureMetric
 from incad.evaluation.results import ResultMatrices
-from incad.learners.base import Learner
+from incad.learners import Learner, create_learner
 from incad.models.backbones.cache import attach_disk_store
 from incad.models.backbones.feature_store import store_folder
 from incad.paths import path_within
-from incad.registry import LEARNERS, STRATEGIES
+from incad.resolve import ResolvedRun, resolve
 from incad.run_folder import CheckpointManifest, locked_run_folder
 from incad.scenario import Scenario, build_scenario
-from incad.strategies.template import AnomalyDetectionTemplate
+from incad.strategies import create_strategy
 from incad.tracking.mlflow_logger import MlflowLogger
 from incad.tracking.mlflow_tracker import MlflowTracker
 from incad.tracking.model_registry import register_step_model
-from incad.tracking.plots import plot_metric_per_class
 from incad.tracking.progress import ProgressBarPlugin
+from incad.tracking.report import write_run_report
 from incad.writable import require_writable_outputs
 
 
@@ -64,26 +62,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_data(config: RunConfig, show_progress: bool = False) -> Path:
-    """The folder the run reads: generated synthetic data, the user's folder, or its preprocessed cache."""
-    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress).root
-
-
-def report_skipped(skipped: list[str], output_dir: Path) -> list[Path]:
-    """Warn about the bad samples a run left out and list them in ``skipped_samples.txt`` (an artifact)."""
-    if not skipped:
-        return []
-    logging.getLogger("incad").warning("%d bad sample(s) skipped (dataset.on_bad_sample: skip):\n  %s", len(skipped), "\n  ".join(skipped))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "skipped_samples.txt"
-    path.write_text("\n".join(skipped) + "\n")
-    return [path]
-
-
-def build_learner(config: RunConfig, num_objects: int) -> Learner:
-    learner_class = LEARNERS.get(config.learner.name)
-    options = learner_class.Options.model_validate(config.learner_options())
-    return learner_class(options, modality=config.scenario.modality, num_objects=num_objects, image_size=config.dataset.image_size)
+def prepare_data(config: RunConfig, show_progress: bool = False) -> PreparedDataset:
+    """The data a run reads: generated synthetic data, the user's folder, or its preprocessed cache."""
+    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress)
 
 
 def refuse_untrained(config: RunConfig, learner: Learner) -> None:
@@ -96,29 +77,6 @@ def refuse_untrained(config: RunConfig, learner: Learner) -> None:
         )
 
 
-def build_strategy(
-    config: RunConfig, learner: Learner, extra_plugins: list, device: torch.device, evaluator: EvaluationPlugin | None = None
-) -> AnomalyDetectionTemplate:
-    strategy_class = STRATEGIES.get(config.strategy.name)
-    options = strategy_class.Options.model_validate(config.strategy_options())
-    training = config.training
-    trainable = [p for p in learner.parameters() if p.requires_grad]
-    # One explicit group, so a learner with nothing to train (PatchCore) still gets an optimizer for Avalanche.
-    optimizer = torch.optim.AdamW([{"params": trainable}], lr=training.lr, weight_decay=training.weight_decay)
-    return AnomalyDetectionTemplate(
-        learner=learner,
-        optimizer=optimizer,
-        train_epochs=training.epochs,
-        train_mb_size=training.batch_size,
-        eval_mb_size=config.evaluation.batch_size,
-        device=device,
-        plugins=[*strategy_class.plugins(options, learner), *learner.plugins(), *extra_plugins],
-        grad_clip=training.grad_clip,
-        num_workers=training.num_workers,
-        evaluator=evaluator,
-    )
-
-
 def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPlugin:
     """Avalanche evaluation: the step x object metrics, then the forgetting measure, logged to MLflow."""
     metrics = [AnomalyDetectionMetrics(matrices, config.evaluation.smoothing_sigma), ForgettingMeasureMetric(matrices)]
@@ -129,39 +87,44 @@ def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPl
 
 
 def run_experiment(
-    config: RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = (), force: bool = False
+    run: ResolvedRun | RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = (), force: bool = False
 ) -> RunResult:
     """Train step by step; after every step evaluate all classes seen so far, log, checkpoint and register.
 
-    ``resume`` continues from the last step checkpoint of ``outputs/<name>``
-    (same config required) in the same MLflow run; without it, the checkpoints
-    that runs of that name wrote are removed (see :mod:`incad.run_folder`).
-    The folder is locked for the whole run; ``force`` runs without the lock.
-    ``extra_plugins`` are added to the strategy.
+    ``run`` is a resolved run (:func:`incad.resolve.load_run`) or a config,
+    which is resolved here. ``resume`` continues from the last step checkpoint
+    of ``outputs/<name>`` (same config required) in the same MLflow run;
+    without it, the checkpoints that runs of that name wrote are removed (see
+    :mod:`incad.run_folder`). The folder is locked for the whole run;
+    ``force`` runs without the lock. ``extra_plugins`` are added to the strategy.
     """
+    if isinstance(run, RunConfig):
+        run = resolve(run)
+    config = run.config
     output_dir = path_within(config.output_dir, config.name)
     require_writable_outputs(config)
     with locked_run_folder(output_dir, force):
-        return _run_in_folder(config, output_dir, show_progress, resume, extra_plugins)
+        return _run_in_folder(run, output_dir, show_progress, resume, extra_plugins)
 
 
-def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple) -> RunResult:
+def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple) -> RunResult:
+    config = run.config
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    data_root = prepare_data(config, show_progress)
-    built = build_scenario(config, data_root)
-    scenario = STRATEGIES.get(config.strategy.name).adapt_scenario(built)
+    run = run.with_data(prepare_data(config, show_progress))
+    built = build_scenario(config, run.data.root)
+    scenario = run.strategy.factory.adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
-    learner = build_learner(config, num_objects=len(scenario.class_order))
+    learner = create_learner(run, num_objects=len(scenario.class_order))
     refuse_untrained(config, learner)
     if config.training.feature_cache == "disk":
-        attach_disk_store(learner, store_folder(cache_root(config.dataset), data_root))
+        attach_disk_store(learner, store_folder(cache_root(config.dataset), run.data.root))
     plugins: list = list(extra_plugins)
     if show_progress:
         plugins.append(ProgressBarPlugin(["+".join(classes) for classes in scenario.step_classes]))
-    strategy = build_strategy(config, learner, plugins, device, evaluator=build_evaluator(matrices, config))
+    strategy = create_strategy(run, learner, plugins, device, evaluator=build_evaluator(matrices, config))
     manifest = CheckpointManifest(output_dir)
     checkpoints = manifest.checkpoints
     config_json = config.model_dump(mode="json")
@@ -186,17 +149,6 @@ def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, res
                 register_step_model(config, learner, scenario.class_order, matrices, step, seen)
             manifest.record(step)
             save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
-        summary = matrices.summary()
-        artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
-        artifacts += report_skipped(built.skipped, output_dir)
-        results_path = output_dir / "results.json"
-        results = {
-            "summary": summary,
-            "step_seconds": step_seconds,
-            "classes": scenario.class_order,
-            "skipped_samples": built.skipped,
-            "learner_report": learner.step_report(),
-        }
-        results_path.write_text(json.dumps(results, indent=2))
-        tracker.log_final(matrices, summary, [*artifacts, results_path])
-    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)
+        artifacts = write_run_report(output_dir, matrices, step_seconds, scenario.class_order, built.skipped, learner.step_report())
+        tracker.log_final(matrices, matrices.summary(), artifacts)
+    return RunResult(config, scenario, matrices, matrices.summary(), step_seconds, output_dir, tracker.run_id, learner)

@@ -17,18 +17,18 @@ from incad.models.backbones.efficientnet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiScaleFeatures,
-    build_backbone,
     lite_network,
     packaged_lite_state,
 )
-from incad.registry import BACKBONES, Registry
+from incad.models.backbones.registry import BACKBONES, create_backbone
+from incad.registry import Registry
 
 
 def build_quietly(name: str, **kwargs) -> MultiScaleFeatures:
     """Random weights warn on purpose; tests that do not check the warning silence it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_backbone(name, **kwargs)
+        return create_backbone(name, **kwargs)
 
 
 def synthetic_images(batch: int = 2, size: int = 224) -> torch.Tensor:
@@ -44,7 +44,7 @@ def synthetic_images(batch: int = 2, size: int = 224) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lite0() -> MultiScaleFeatures:
-    return build_backbone("efficientnet-lite0")
+    return create_backbone("efficientnet-lite0")
 
 
 @pytest.mark.parametrize("variant", [0, 1, 2])
@@ -52,7 +52,7 @@ def test_lite_holds_exactly_the_packaged_tensors(variant: int) -> None:
     packaged = packaged_lite_state(variant)
     lite_network(variant).load_state_dict(packaged)  # strict: the whole network, head included, has their shapes
     renamed = {"stem.0.": "_conv_stem.", "stem.1.": "_bn0.", "blocks.": "_blocks."}
-    state = build_backbone(f"efficientnet-lite{variant}").state_dict()
+    state = create_backbone(f"efficientnet-lite{variant}").state_dict()
     assert len(state) > 100
     for key, tensor in state.items():
         prefix = next(p for p in renamed if key.startswith(p))
@@ -91,7 +91,7 @@ def test_lite_architecture_classifies_a_real_photo(lite0: MultiScaleFeatures, va
 
 def test_lite0_features_are_deterministic_and_unlike_random_init(lite0: MultiScaleFeatures) -> None:
     images = synthetic_images(batch=1, size=128)
-    again = build_backbone("efficientnet-lite0")
+    again = create_backbone("efficientnet-lite0")
     random_init = build_quietly("efficientnet-lite0", weights="random")
     with torch.inference_mode():
         real = lite0.forward_aligned(images)
@@ -157,12 +157,12 @@ def test_frozen_and_batchnorm_stays_in_eval(lite0: MultiScaleFeatures) -> None:
 
 def test_random_weights_warn() -> None:
     with pytest.warns(UserWarning, match="meaningless"):
-        build_backbone("efficientnet-b0", weights="random")
+        create_backbone("efficientnet-b0", weights="random")
 
 
 def test_unknown_backbone_lists_allowed_names() -> None:
     with pytest.raises(ConfigError, match="efficientnet-lite0") as error:
-        build_backbone("resnet18")
+        create_backbone("resnet18")
     assert "resnet18" in str(error.value)
     assert "efficientnet-b7" in str(error.value)
 
@@ -173,7 +173,7 @@ def test_b0_from_a_local_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "b0.pth"
     torch.save(network.state_dict(), path)
 
-    backbone = build_backbone("efficientnet-b0", weights=str(path))
+    backbone = create_backbone("efficientnet-b0", weights=str(path))
     images = synthetic_images(batch=1, size=128)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -188,12 +188,12 @@ def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "b1.pth"
     torch.save(EfficientNet.from_name("efficientnet-b1").state_dict(), path)
     with pytest.raises(ConfigError, match="efficientnet-b0"):
-        build_backbone("efficientnet-b0", weights=str(path))
+        create_backbone("efficientnet-b0", weights=str(path))
 
 
 def test_missing_weights_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither 'imagenet', 'random'"):
-        build_backbone("efficientnet-b0", weights=str(tmp_path / "absent.pth"))
+        create_backbone("efficientnet-b0", weights=str(tmp_path / "absent.pth"))
 
 
 def test_failed_download_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +202,7 @@ def test_failed_download_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError, match="efficientnet-b2") as error:
-        build_backbone("efficientnet-b2")
+        create_backbone("efficientnet-b2")
     assert "weights=" in str(error.value)
     assert "efficientnet-lite0" in str(error.value)
 

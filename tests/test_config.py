@@ -9,6 +9,7 @@ import yaml
 
 from incad.config import load_config, validate_config
 from incad.errors import ConfigError
+from incad.resolve import load_run, resolve_raw
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,21 +65,21 @@ def test_bad_modality_lists_allowed_values(tiny_run_config):
 def test_unknown_learner_lists_registered_learners(tiny_run_config):
     tiny_run_config["learner"]["name"] = "recon"
     with pytest.raises(ConfigError) as error:
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
     assert "learner.name" in str(error.value) and "reconstruction" in str(error.value)
 
 
 def test_unknown_learner_option_is_named(tiny_run_config):
     tiny_run_config["learner"]["hiden_dim"] = 8
     with pytest.raises(ConfigError) as error:
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
     assert "learner.hiden_dim" in str(error.value) and "hidden_dim" in str(error.value)
 
 
 def test_unknown_strategy_lists_registered_strategies(tiny_run_config):
     tiny_run_config["strategy"] = "replai"
     with pytest.raises(ConfigError, match=r"strategy\.name.*naive"):
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
 
 
 def test_increment_without_steps_is_rejected(tiny_run_config):
@@ -109,8 +110,16 @@ def test_overrides_and_strategy_file(tmp_path, tiny_run_config):
         load_config(path, overrides=["training.epochs"])
 
 
+def test_the_schema_alone_leaves_options_to_the_registered_schema(tiny_run_config):
+    """config.py is the schema only: a learner option is checked when the run is resolved, against the learner's own schema."""
+    tiny_run_config["learner"]["hiden_dim"] = 8
+    assert validate_config(tiny_run_config).learner_options() == {"hiden_dim": 8, **{k: v for k, v in tiny_run_config["learner"].items() if k != "name"}}
+    with pytest.raises(ConfigError, match=r"learner\.hiden_dim"):
+        resolve_raw(tiny_run_config)
+
+
 def test_every_shipped_yaml_is_valid():
     for path in sorted((REPO_ROOT / "experiments").rglob("*.yaml")):
-        load_config(path)
+        load_run(path)
     for path in sorted((REPO_ROOT / "strategies").glob("*.yaml")):
-        load_config(REPO_ROOT / "experiments" / "quickstart.yaml", strategy_file=path)
+        load_run(REPO_ROOT / "experiments" / "quickstart.yaml", strategy_file=path)

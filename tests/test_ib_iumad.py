@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from incad.config import validate_config
+from incad.resolve import resolve_raw
 from incad.data.mvtec3d import MVTec3DDataset
 from incad.data.sample import collate
 from incad.errors import ConfigError
@@ -67,9 +67,9 @@ def test_zero_weight_switches_a_term_off_and_single_modality_has_no_ibfm():
 def test_ibfm_refuses_a_layer_count_where_its_two_depths_coincide(tiny_run_config):
     tiny_run_config["learner"] = {"name": "ib_iumad", **SMALL, "decoder_layers": 2}
     with pytest.raises(ConfigError, match="learner.decoder_layers"):
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
     tiny_run_config["learner"]["ibfm"] = False
-    assert validate_config(tiny_run_config).learner_options()["decoder_layers"] == 2
+    assert resolve_raw(tiny_run_config).learner.options.decoder_layers == 2
 
 
 @pytest.mark.parametrize("decoder_layers", [3, 4])
@@ -145,8 +145,8 @@ def test_every_loss_term_decreases_in_a_short_run(tiny_dataset):
 
 def test_registered_and_configurable_by_name(tiny_run_config):
     tiny_run_config["learner"] = {"name": "ib_iumad", "fusion": "linear_glu", "mamba": False}
-    config = validate_config(tiny_run_config)
-    assert config.learner.name == "ib_iumad"
+    run = resolve_raw(tiny_run_config)
+    assert run.config.learner.name == "ib_iumad"
     tiny_run_config["learner"]["fusion"] = "sum"
     with pytest.raises(ConfigError, match="learner.fusion"):
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)

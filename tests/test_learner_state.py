@@ -19,10 +19,10 @@ from incad.config import validate_config
 from incad.data.mvtec3d import MVTec3DDataset
 from incad.data.sample import collate
 from incad.evaluation.results import METRICS
-from incad.learners import Learner  # noqa: F401  (registers the learners)
 from incad.models.layers.growing import growing_buffer_names
-from incad.registry import LEARNERS
-from incad.runner import build_learner, run_experiment
+from incad.learners import LEARNERS, create_learner
+from incad.resolve import resolve
+from incad.runner import run_experiment
 from incad.tracking.anomaly_model import load_registered_model
 
 CLASSES = ["dome", "ring", "brick"]
@@ -92,7 +92,7 @@ def test_trained_learner_loads_into_a_fresh_one(runs, tiny_dataset):
     state = trained.state_dict()
     for key in growing_buffer_names(trained):
         assert state[key].shape[0] > 0, f"{key} grew during training"
-    fresh = build_learner(runs["uninterrupted"].config, num_objects=len(CLASSES)).eval()
+    fresh = create_learner(resolve(runs["uninterrupted"].config), num_objects=len(CLASSES)).eval()
     fresh.load_state_dict(state)
     registered = load_registered_model(f"models:/state-{runs['name']}/latest", tracking_uri=runs["tracking_uri"]).learner
     dataset = MVTec3DDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})

@@ -11,7 +11,6 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from incad.config import load_config, validate_config
 from incad.data.sample import Batch
 from incad.errors import ConfigError
 from incad.learners.base import Learner
@@ -19,9 +18,11 @@ from incad.plugins.distillation import ReconstructionDistillationPlugin
 from incad.plugins.importance import EWCPlugin, MASPlugin, SynapticIntelligence
 from incad.plugins.iuf import IUFPlugin
 from incad.plugins.rehearsal import ReplayBufferPlugin
-from incad.registry import STRATEGIES
-from incad.runner import build_learner, build_strategy, prepare_data, run_experiment, seed_everything
+from incad.learners import create_learner
+from incad.resolve import load_run, resolve_raw
+from incad.runner import prepare_data, run_experiment, seed_everything
 from incad.scenario import build_scenario
+from incad.strategies import STRATEGIES, create_strategy
 from incad.strategies.iuf import IUF
 from test_resume import CrashAtStep, SimulatedCrash
 
@@ -65,11 +66,11 @@ def train(raw: dict, strategy, learner: dict | None = None) -> Trained:
     raw = {**raw, "strategy": strategy, "tracking": {"enabled": False}, "device": "cpu", "training": {"epochs": 1, "batch_size": 4}}
     if learner is not None:
         raw["learner"] = learner
-    config = validate_config(raw)
-    seed_everything(config.seed)
-    scenario = STRATEGIES.get(config.strategy.name).adapt_scenario(build_scenario(config, prepare_data(config)))
+    run = resolve_raw(raw)
+    seed_everything(run.config.seed)
+    scenario = run.strategy.factory.adapt_scenario(build_scenario(run.config, prepare_data(run.config).root))
     recorder = Recorder()
-    strategy = build_strategy(config, build_learner(config, len(scenario.class_order)), [recorder], torch.device("cpu"))
+    strategy = create_strategy(run, create_learner(run, len(scenario.class_order)), [recorder], torch.device("cpu"))
     for experience in scenario.benchmark.train_stream:
         strategy.train(experience)
     return Trained(strategy, recorder, scenario.num_steps)
@@ -79,17 +80,17 @@ def test_every_registered_strategy_has_a_valid_yaml(tiny_run_config, tmp_path):
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(str(tiny_run_config).replace("'", '"'))  # JSON is YAML
     for name in STRATEGIES.names():
-        config = load_config(scenario, strategy_file=REPO_ROOT / "strategies" / f"{name}.yaml")
-        assert config.strategy.name == name
+        run = load_run(scenario, strategy_file=REPO_ROOT / "strategies" / f"{name}.yaml")
+        assert run.config.strategy.name == name
 
 
 def test_unknown_strategy_option_is_named(tiny_run_config):
     tiny_run_config["strategy"] = {"name": "ewc", "wieght": 5}
     with pytest.raises(ConfigError, match="strategy.wieght"):
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
     tiny_run_config["strategy"] = {"name": "replay", "buffer_size": 8, "per_class": 2}
     with pytest.raises(ConfigError, match="per_class"):
-        validate_config(tiny_run_config)
+        resolve_raw(tiny_run_config)
 
 
 def test_naive_trains_each_step_on_its_own_classes(tiny_run_config):
@@ -100,7 +101,7 @@ def test_naive_trains_each_step_on_its_own_classes(tiny_run_config):
 
 def test_joint_runs_one_step_with_every_class(tiny_run_config):
     tiny_run_config.update(strategy="joint", tracking={"enabled": False}, device="cpu")
-    result = run_experiment(validate_config(tiny_run_config), show_progress=False)
+    result = run_experiment(resolve_raw(tiny_run_config), show_progress=False)
     assert result.scenario.step_classes == [["dome", "ring", "brick", "wave"]]
     i_auroc = result.matrices.values["i_auroc"]
     assert i_auroc.shape == (1, 4) and np.isfinite(i_auroc).all()
@@ -210,15 +211,15 @@ def test_iuf_serves_ib_iumad(tiny_run_config):
 
 def test_ib_iumad_with_replay_runs_end_to_end(tiny_run_config):
     tiny_run_config.update(learner=IB_IUMAD_SMALL, strategy={"name": "replay", "per_class": 2}, tracking={"enabled": False}, device="cpu")
-    result = run_experiment(validate_config(tiny_run_config), show_progress=False)
+    result = run_experiment(resolve_raw(tiny_run_config), show_progress=False)
     assert np.isfinite(result.matrices.values["i_auroc"][-1]).all()
 
 
 @pytest.mark.parametrize("strategy", [{"name": "replay", "buffer_size": 6}, "iuf"])
 def test_strategy_state_survives_a_resume(tiny_run_config, strategy):
     tiny_run_config.update(strategy=strategy, tracking={"enabled": False}, device="cpu", training={"epochs": 1, "batch_size": 4})
-    uninterrupted = run_experiment(validate_config({**tiny_run_config, "name": "whole"}), show_progress=False)
-    config = validate_config({**tiny_run_config, "name": "killed"})
+    uninterrupted = run_experiment(resolve_raw({**tiny_run_config, "name": "whole"}), show_progress=False)
+    config = resolve_raw({**tiny_run_config, "name": "killed"})
     with pytest.raises(SimulatedCrash):
         run_experiment(config, show_progress=False, extra_plugins=(CrashAtStep(2),))
     resumed = run_experiment(config, show_progress=False, resume=True)

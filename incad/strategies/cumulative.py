@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from incad.plugins.rehearsal import CumulativeDataPlugin
-from incad.registry import STRATEGIES
 from incad.strategies.base import Strategy
+from incad.strategies.registry import register_strategy
 
 
-@STRATEGIES.register("cumulative")
+@register_strategy("cumulative")
 class Cumulative(Strategy):
     """Fine-tunes the current model on the union of all training data seen so far."""
 

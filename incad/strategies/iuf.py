@@ -8,8 +8,8 @@ from torch import nn
 from incad.errors import ConfigError
 from incad.learners.base import Learner
 from incad.plugins.iuf import IUFPlugin
-from incad.registry import STRATEGIES
 from incad.strategies.base import Strategy, StrategyOptions
+from incad.strategies.registry import register_strategy
 
 
 class IUFOptions(StrategyOptions):
@@ -23,7 +23,7 @@ class IUFOptions(StrategyOptions):
     ema_alpha: float = Field(0.05, ge=0, le=1, description="pull towards the previous model after every update")
 
 
-@STRATEGIES.register("iuf")
+@register_strategy("iuf")
 class IUF(Strategy):
     """Needs a learner with transformer decoders (``reconstruction``, ``ib_iumad``)."""
 

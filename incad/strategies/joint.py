@@ -5,12 +5,12 @@ from __future__ import annotations
 from avalanche.benchmarks import benchmark_from_datasets
 from avalanche.benchmarks.utils import concat_datasets
 
-from incad.registry import STRATEGIES
 from incad.scenario import Scenario
 from incad.strategies.base import Strategy
+from incad.strategies.registry import register_strategy
 
 
-@STRATEGIES.register("joint")
+@register_strategy("joint")
 class Joint(Strategy):
     """One training experience with the training data of every step, evaluated on every class."""
 

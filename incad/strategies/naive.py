@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from incad.registry import STRATEGIES
 from incad.strategies.base import Strategy
+from incad.strategies.registry import register_strategy
 
 
-@STRATEGIES.register("naive")
+@register_strategy("naive")
 class Naive(Strategy):
     """No plugin: the template alone fine-tunes the learner step after step."""

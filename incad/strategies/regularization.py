@@ -10,8 +10,8 @@ from pydantic import Field
 
 from incad.plugins.distillation import ReconstructionDistillationPlugin
 from incad.plugins.importance import EWCPlugin, MASPlugin, SynapticIntelligence
-from incad.registry import STRATEGIES
 from incad.strategies.base import Strategy, StrategyOptions
+from incad.strategies.registry import register_strategy
 
 
 class EWCOptions(StrategyOptions):
@@ -33,7 +33,7 @@ class LwFOptions(StrategyOptions):
     weight: float = Field(1.0, ge=0, description="weight of the reconstruction distillation term")
 
 
-@STRATEGIES.register("ewc")
+@register_strategy("ewc")
 class EWC(Strategy):
     """Elastic weight consolidation with the learner's own loss as the likelihood."""
 
@@ -41,7 +41,7 @@ class EWC(Strategy):
     plugin = EWCPlugin
 
 
-@STRATEGIES.register("mas")
+@register_strategy("mas")
 class MAS(Strategy):
     """Memory-aware synapses: importance from the sensitivity of the learner's outputs."""
 
@@ -49,7 +49,7 @@ class MAS(Strategy):
     plugin = MASPlugin
 
 
-@STRATEGIES.register("si")
+@register_strategy("si")
 class SI(Strategy):
     """Synaptic intelligence: importance from the path integral of the learner's own loss."""
 
@@ -57,7 +57,7 @@ class SI(Strategy):
     plugin = SynapticIntelligence
 
 
-@STRATEGIES.register("lwf")
+@register_strategy("lwf")
 class LwF(Strategy):
     """Learning without forgetting as distillation of the previous model's reconstructions (and other trainable outputs)."""
 

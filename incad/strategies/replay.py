@@ -6,8 +6,8 @@ from pydantic import Field, model_validator
 
 from incad.learners.base import Learner
 from incad.plugins.rehearsal import IndexedBalancedBuffer, ReplayBufferPlugin
-from incad.registry import STRATEGIES
 from incad.strategies.base import Strategy, StrategyOptions
+from incad.strategies.registry import register_strategy
 
 DEFAULT_BUFFER_SIZE = 64
 
@@ -28,7 +28,7 @@ class ReplayOptions(StrategyOptions):
         return self
 
 
-@STRATEGIES.register("replay")
+@register_strategy("replay")
 class Replay(Strategy):
     """Avalanche's replay of a random memory of normal training samples."""
 

@@ -48,6 +48,7 @@ import json
 import pickle
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -59,12 +60,13 @@ from mlflow.store.artifact.utils.models import get_model_name_and_version
 from torch.utils.data import DataLoader
 
 import incad
-from incad.config import NamedSection, RunConfig, validate_config
+from incad.config import NamedSection, RunConfig
 from incad.data.mvtec3d import MVTEC3D, MVTec3DDataset, Record
 from incad.data.sample import collate
 from incad.errors import DataError, IncadError
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
-from incad.registry import LEARNERS
+from incad.learners import create_learner
+from incad.resolve import ResolvedRun, resolve_raw
 
 LOADER_MODULE = __name__
 DATA_FOLDER = "anomaly_model"  # MLflow stores it as data/anomaly_model
@@ -97,17 +99,17 @@ def portable_config(config: RunConfig) -> dict:
     return portable.model_dump(mode="json")
 
 
-def without_pretrained_backbone(config: RunConfig) -> RunConfig:
-    """The config to rebuild the learner with: random backbone weights.
+def without_pretrained_backbone(run: ResolvedRun) -> ResolvedRun:
+    """The run to rebuild the learner with: random backbone weights.
 
     The state dict, loaded strictly, replaces every backbone tensor, so
     prediction reads no ImageNet weights (no download) and needs no weights
     file of the logging machine.
     """
-    if "backbone_weights" not in LEARNERS.get(config.learner.name).Options.model_fields:
-        return config
-    options = {**config.learner_options(), "backbone_weights": "random"}
-    return config.model_copy(update={"learner": NamedSection(name=config.learner.name, **options)})
+    options = run.learner.options
+    if "backbone_weights" not in type(options).model_fields:
+        return run
+    return replace(run, learner=replace(run.learner, options=options.model_copy(update={"backbone_weights": "random"})))
 
 
 def write_model_data(config: RunConfig, learner: torch.nn.Module, class_order: list[str], folder: Path) -> str:
@@ -206,20 +208,18 @@ class AnomalyDetector:
     @classmethod
     def from_folder(cls, folder: Path, source: str) -> AnomalyDetector:
         """Check the data files in ``folder`` (see :func:`check_manifest`) and rebuild the learner from them."""
-        from incad.runner import build_learner  # here: the runner imports this module through the registry
-
         check_manifest(folder, source)
-        config = validate_config(json.loads((folder / CONFIG).read_text()), source=f"{source}: {CONFIG}")
+        run = resolve_raw(json.loads((folder / CONFIG).read_text()), source=f"{source}: {CONFIG}")
         class_order = json.loads((folder / CLASSES).read_text())
         with warnings.catch_warnings():  # the random backbone is replaced by the trained one just below
             warnings.filterwarnings("ignore", message=".*has random weights")
-            learner = build_learner(without_pretrained_backbone(config), num_objects=len(class_order))
+            learner = create_learner(without_pretrained_backbone(run), num_objects=len(class_order))
         try:
             state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError):
             raise IncadError(f"{source}: {WEIGHTS} is not a tensors-only state dict (other Python objects are never unpickled). {RETRAIN}") from None
         learner.load_state_dict(state)
-        return cls(config, class_order, learner)
+        return cls(run.config, class_order, learner)
 
     @torch.no_grad()
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

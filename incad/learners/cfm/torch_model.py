@@ -29,9 +29,10 @@ from incad.data.sample import Batch
 from incad.learners.base import Learner, LearnerOptions, modality_input
 from incad.learners.cfm.loss import mapping_loss
 from incad.learners.features import frozen_features, require_rgb_and_depth, valid_tokens
+from incad.learners.registry import register_learner
 from incad.models.backbones.cache import FeatureCache
-from incad.models.backbones.efficientnet import build_backbone
 from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
+from incad.models.backbones.registry import create_backbone
 
 # open3d's FPFH is three 11-bin histograms that each sum to 200 (the point's own 100 plus its
 # neighbours' weighted 100): scaled to fractions.
@@ -59,6 +60,7 @@ def mapping_mlp(in_channels: int, out_channels: int, hidden_dim: int) -> nn.Modu
     )
 
 
+@register_learner("cfm")
 class CFMLearner(Learner):
     """Frozen 2-D and 3-D features + two cross-modal mapping networks."""
 
@@ -69,7 +71,7 @@ class CFMLearner(Learner):
         require_rgb_and_depth(self.name, modality)
         super().__init__(modality)
         self.options = options
-        self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
+        self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.channels_2d = self.backbone.out_channels
         self.channels_3d = FPFH_DIM if options.features_3d == "fpfh" else self.backbone.out_channels

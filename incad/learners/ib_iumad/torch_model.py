@@ -44,8 +44,8 @@ Choices where the paper is silent, written down:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
 from pydantic import model_validator
+from torch import Tensor, nn
 
 from incad.data.sample import Batch
 from incad.learners.ib_iumad.fusion import FusionName, InformationBottleneckFusion
@@ -57,6 +57,7 @@ from incad.learners.ib_iumad.loss import (
     rgb_classifier_term,
 )
 from incad.learners.reconstruction.torch_model import ReconstructionLearner, ReconstructionOptions
+from incad.learners.registry import register_learner
 from incad.models.layers import LabelClassifier, MambaDecoder
 from incad.plugins import LossTermPlugin
 
@@ -92,6 +93,7 @@ class IBIUMADOptions(ReconstructionOptions):
         return self
 
 
+@register_learner("ib_iumad")
 class IBIUMADLearner(ReconstructionLearner):
     """The reconstruction learner plus Mamba decoders, classifiers and the IB fusion module."""
 

@@ -70,9 +70,11 @@ from incad.errors import ConfigError
 from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.cfm.torch_model import FPFH_SCALE
 from incad.learners.features import ScaledModalityMaps, frozen_features, valid_tokens
+from incad.learners.registry import register_learner
 from incad.models.backbones.cache import FeatureCache
-from incad.models.backbones.efficientnet import MultiScaleFeatures, build_backbone
+from incad.models.backbones.efficientnet import MultiScaleFeatures
 from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
+from incad.models.backbones.registry import create_backbone
 from incad.models.layers.growing import register_growing_buffer
 from incad.ops.coreset import greedy_coreset
 from incad.ops.nearest import nearest_neighbours
@@ -140,6 +142,7 @@ class PatchFeatures(nn.Module):
         return self.local_average(cells, occupied)
 
 
+@register_learner("patchcore")
 class PatchCoreLearner(ScaledModalityMaps):
     """Frozen locally aware features + a growing memory bank per modality; nothing is trained."""
 
@@ -149,7 +152,7 @@ class PatchCoreLearner(ScaledModalityMaps):
     def __init__(self, options: PatchCoreOptions, modality: str, num_objects: int, image_size: int) -> None:
         super().__init__(modality)
         self.options = options
-        backbone = build_backbone(options.backbone, weights=options.backbone_weights, taps=options.taps)
+        backbone = create_backbone(options.backbone, weights=options.backbone_weights, taps=options.taps)
         self.patch_features = PatchFeatures(backbone, options.neighbourhood)
         self.grid = (math.ceil(image_size / self.patch_features.stride),) * 2
         self.image_cache = FeatureCache(self.patch_features.image_features) if options.cache_features else None

@@ -29,8 +29,9 @@ from incad.data.sample import Batch
 from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.features import ScaledModalityMaps, cosine_distance, frozen_features
 from incad.learners.reconstruction.loss import reconstruction_loss
+from incad.learners.registry import register_learner
 from incad.models.backbones.cache import FeatureCache
-from incad.models.backbones.efficientnet import build_backbone
+from incad.models.backbones.registry import create_backbone
 from incad.models.layers import feature_jitter, sine_position_embedding_2d
 
 
@@ -95,6 +96,7 @@ class FeatureReconstructor(nn.Module):
         return self.output_projection(self.decode(tokens)[-1])
 
 
+@register_learner("reconstruction")
 class ReconstructionLearner(ScaledModalityMaps):
     """Backbone + one :class:`FeatureReconstructor` per modality."""
 
@@ -104,7 +106,7 @@ class ReconstructionLearner(ScaledModalityMaps):
         super().__init__(modality)
         self.options = options
         self.num_objects = num_objects
-        self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
+        self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.reconstructors = nn.ModuleDict(
             {m: FeatureReconstructor(self.backbone.out_channels, self.grid, options) for m in self.modalities}

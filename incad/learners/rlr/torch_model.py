@@ -44,9 +44,11 @@ from torch import Tensor, nn
 from incad.data.sample import Batch
 from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.features import ScaledModalityMaps, frozen_features
+from incad.learners.registry import register_learner
 from incad.learners.rlr.loss import reconstruction_loss, token_error
 from incad.models.backbones.cache import FeatureCache
-from incad.models.backbones.efficientnet import align_to_grid, build_backbone
+from incad.models.backbones.efficientnet import align_to_grid
+from incad.models.backbones.registry import create_backbone
 from incad.models.layers import feature_jitter
 from incad.models.layers.reference_attention import ReferenceReconstructor
 
@@ -80,6 +82,7 @@ class RLROptions(LearnerOptions):
         return self
 
 
+@register_learner("rlr")
 class RLRLearner(ScaledModalityMaps):
     """Frozen backbone + one reference reconstructor per (modality, level)."""
 
@@ -88,7 +91,7 @@ class RLRLearner(ScaledModalityMaps):
     def __init__(self, options: RLROptions, modality: str, num_objects: int, image_size: int) -> None:
         super().__init__(modality)
         self.options = options
-        self.backbone = build_backbone(options.backbone, weights=options.backbone_weights)
+        self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grids = {level: (math.ceil(image_size / level),) * 2 for level in options.levels}
         self.map_grid = self.grids[min(options.levels)]
         self.reconstructors = nn.ModuleDict(

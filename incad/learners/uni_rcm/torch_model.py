@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from incad.data.sample import Batch
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
 from incad.learners.features import cosine_distance, valid_tokens
+from incad.learners.registry import register_learner
 from incad.learners.uni_rcm.loss import mapping_mse_term
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
 from incad.models.layers.residual_quantizer import ResidualQuantizer
@@ -64,6 +65,7 @@ def max_normalised(error: Tensor, valid: Tensor) -> Tensor:
     return error / peak.clamp_min(1e-8)
 
 
+@register_learner("uni_rcm")
 class UniRCMLearner(CFMLearner):
     """CFM with reference-guided mapping nets and per-modality residual quantizers."""
 

