@@ -16,7 +16,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from incad.checkpoint import resume_latest, save_checkpoint
 from incad.config import RunConfig
-from incad.data.datasets import cache_root, prepare_dataset
+from incad.data.datasets import PreparedDataset, cache_root, prepare_dataset
 from incad.errors import ConfigError
 from incad.evaluation.avalanche_metrics import AnomalyDetectionMetrics, ForgettingMeasureMetric
 from incad.evaluation.results import ResultMatrices
@@ -64,9 +64,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_data(config: RunConfig, show_progress: bool = False) -> Path:
-    """The folder the run reads: generated synthetic data, the user's folder, or its preprocessed cache."""
-    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress).root
+def prepare_data(config: RunConfig, show_progress: bool = False) -> PreparedDataset:
+    """The data the run reads: generated synthetic data, the user's folder, or its preprocessed cache, with its reader."""
+    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress)
 
 
 def report_skipped(skipped: list[str], output_dir: Path) -> list[Path]:
@@ -150,14 +150,14 @@ def _run_in_folder(config: RunConfig, output_dir: Path, show_progress: bool, res
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    data_root = prepare_data(config, show_progress)
-    built = build_scenario(config, data_root)
+    prepared = prepare_data(config, show_progress)
+    built = build_scenario(config, prepared)
     scenario = STRATEGIES.get(config.strategy.name).adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
     learner = build_learner(config, num_objects=len(scenario.class_order))
     refuse_untrained(config, learner)
     if config.training.feature_cache == "disk":
-        attach_disk_store(learner, store_folder(cache_root(config.dataset), data_root))
+        attach_disk_store(learner, store_folder(cache_root(config.dataset), prepared.root))
     plugins: list = list(extra_plugins)
     if show_progress:
         plugins.append(ProgressBarPlugin(["+".join(classes) for classes in scenario.step_classes]))
