@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from incad.config import validate_config
 from incad.data.check import check_dataset
 from incad.data.readers.mvtec_ad import MVTecADReader
 from incad.errors import ConfigError, DataError
