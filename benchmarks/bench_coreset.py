@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreOptions, PatchFeatures
 from incad.models.backbones.registry import create_backbone
@@ -47,7 +47,7 @@ def real_features(max_images: int | None) -> tuple[torch.Tensor, str]:
     extractor = PatchFeatures(create_backbone(options.backbone, taps=options.taps), options.neighbourhood)
     tokens, count = [], 0
     for root in REAL_ROOTS:
-        dataset = MVTec3DDataset(root, [CLASS_NAME], "train", IMAGE_SIZE, {CLASS_NAME: 0}, load_xyz=False)
+        dataset = AnomalyDetectionDataset(root, [CLASS_NAME], "train", IMAGE_SIZE, {CLASS_NAME: 0}, load_xyz=False)
         indices = list(range(len(dataset)))
         if max_images is not None:
             indices = indices[: max(0, max_images - count)]

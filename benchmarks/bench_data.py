@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from incad.config import load_config
-from incad.data.mvtec3d import MVTEC3D
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.preprocess import PreprocessingConfig, preprocess_dataset
 from incad.runner import run_experiment
 

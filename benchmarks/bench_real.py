@@ -159,9 +159,9 @@ def real_root(args: argparse.Namespace) -> Path:
 
 def single_class(root: Path, wanted: str | None) -> str:
     """``wanted``, or the only class of ``root``."""
-    from incad.data.mvtec3d import list_classes
+    from incad.data.readers.mvtec3d import MVTEC3D
 
-    classes = list_classes(root)
+    classes = MVTEC3D.list_classes(root)
     if wanted is not None:
         if wanted not in classes:
             raise ConfigError(f"--class-name {wanted}: no such class in {root}; available: {', '.join(classes)}")
@@ -296,7 +296,8 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
         from anomalib.models.components import TimmFeatureExtractor
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
     from incad.config import DatasetConfig
-    from incad.data.datasets import split_dataset
+    from incad.data.datasets import PreparedDataset
+    from incad.data.readers.mvtec3d import MVTEC3D
     from incad.data.sample import collate
     from incad.evaluation.results import evaluate_object
     from incad.models.backbones.efficientnet import LITE_MEAN, LITE_STD, packaged_lite_state
@@ -308,8 +309,10 @@ def anomalib_patchcore_figures(dataset: dict, options: dict, seed: int, device_n
     config = DatasetConfig.model_validate(dataset["config"])
     class_name = dataset["class_name"]
 
+    prepared = PreparedDataset(Path(dataset["prepared"]), MVTEC3D)  # the preprocessed cache, in the MVTec 3D-AD layout
+
     def loader(split: str, batch_size: int) -> DataLoader:
-        data = split_dataset(config, Path(dataset["prepared"]), [class_name], split, {class_name: 0}, load_xyz=False)
+        data = prepared.split([class_name], split, {class_name: 0}, False, config.image_size, config.on_bad_sample)
         return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
     model = PatchcoreModel(layers=list(options["layers"]), backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=options["num_neighbors"])

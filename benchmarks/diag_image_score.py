@@ -31,7 +31,6 @@ from scipy import ndimage
 
 from common import REPO_ROOT
 
-from incad.data.datasets import split_dataset
 from incad.data.sample import Batch, collate
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
 from incad.learners.features import ScaledModalityMaps
@@ -157,8 +156,12 @@ def main() -> None:
         learner = create_learner(run, num_objects=1)
         learner.load_state_dict(torch.load(args.weights))
     learner.eval()
-    root = prepare_data(config).root
-    split = {name: split_dataset(config.dataset, root, [args.class_name], name, {args.class_name: 0}, load_xyz=True) for name in ("train", "validation", "test")}
+    prepared = prepare_data(config)
+    dataset = config.dataset
+    split = {
+        name: prepared.split([args.class_name], name, {args.class_name: 0}, True, dataset.image_size, dataset.on_bad_sample)
+        for name in ("train", "validation", "test")
+    }
     sigma = config.evaluation.smoothing_sigma
     print(f"{args.learner}, {config.training.epochs} epochs, {args.class_name}; test figures are for reporting only")
     for name, scorer in scorers(learner, split["train"]).items():

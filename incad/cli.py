@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from incad.data.names import DATASET_NAMES
 from incad.errors import IncadError
 from incad.evaluation.results import METRICS, ResultMatrices
 
@@ -116,12 +117,12 @@ def _synth(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from incad.config import load_config
     from incad.data.check import format_counts
-    from incad.data.datasets import prepare_dataset, sample_counts
+    from incad.data.datasets import prepare_dataset
 
     config = load_config(args.scenario, overrides=args.set)
     prepared = prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress=not args.no_progress)
     print(f"Dataset ready in {prepared.root}")
-    print(format_counts(prepared.counts or sample_counts(config.dataset, prepared.root, list(config.scenario.classes) or None)))
+    print(format_counts(prepared.counts or prepared.sample_counts(list(config.scenario.classes) or None)))
     if prepared.skipped:
         print(f"{len(prepared.skipped)} bad sample(s) left out (dataset.on_bad_sample: skip):")
         print("\n".join(f"  - {line}" for line in prepared.skipped))
@@ -130,9 +131,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from incad.data.check import check_dataset
-    from incad.data.datasets import reader_for
+    from incad.data.readers.registry import create_reader
 
-    report = check_dataset(args.root, reader_for(args.dataset, args.light), show_progress=sys.stderr.isatty())
+    report = check_dataset(args.root, create_reader(args.dataset, args.light), show_progress=sys.stderr.isatty())
     print(report.format())
     return 0 if report.clean else 1
 
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = data.add_parser("check", help="validate a dataset folder and list every problem with its file")
     check.add_argument("root", type=Path, help="the dataset folder (one sub-folder per class)")
-    check.add_argument("--dataset", default="mvtec3d", choices=["mvtec3d", "folder", "eyecandies", "mvtec_ad"], help="folder layout")
+    check.add_argument("--dataset", default="mvtec3d", choices=DATASET_NAMES, help="folder layout")
     check.add_argument("--light", type=int, default=4, help="Eyecandies: which image_<light>.png is the RGB image")
     check.set_defaults(handler=_check)
     return parser

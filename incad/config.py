@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from incad.data.names import DATASET_NAMES
 from incad.data.preprocess import PreprocessingConfig
 from incad.data.synthetic import SyntheticConfig, class_names
 from incad.errors import ConfigError, format_validation_error
@@ -42,12 +43,12 @@ class DatasetConfig(StrictModel):
     folder keyed by the generator settings); ``mvtec3d`` and ``folder`` (a
     user's own data) read a folder in the MVTec 3D-AD layout at ``root``,
     ``eyecandies`` and ``mvtec_ad`` (RGB only) their own layouts (see
-    :mod:`incad.data.datasets`). ``preprocessing`` (off by default) writes the
+    :mod:`incad.data.readers`). ``preprocessing`` (off by default) writes the
     background-removed copy into ``cache_dir``; ``on_bad_sample: skip`` leaves
     unreadable or inconsistent samples out and reports them instead of stopping.
     """
 
-    name: Literal["synthetic", "mvtec3d", "folder", "eyecandies", "mvtec_ad"] = "synthetic"
+    name: Literal[DATASET_NAMES] = "synthetic"  # the tuple unpacks into the Literal's allowed values
     root: Path | None = None
     image_size: int = Field(224, ge=32, le=1024)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)

@@ -26,7 +26,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from incad.data.mvtec3d import XYZ_SUFFIXES, load_rgb  # noqa: E402
+from incad.data.readers.base import load_rgb  # noqa: E402
+from incad.data.readers.mvtec3d import XYZ_SUFFIXES  # noqa: E402
 from incad.errors import DataError  # noqa: E402
 from incad.tracking.anomaly_model import load_registered_model  # noqa: E402
 

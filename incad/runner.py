@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_data(config: RunConfig, show_progress: bool = False) -> PreparedDataset:
-    """The data a run reads: generated synthetic data, the user's folder, or its preprocessed cache."""
+    """The data the run reads: generated synthetic data, the user's folder, or its preprocessed cache, with its reader."""
     return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress)
 
 
@@ -114,7 +114,7 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
     seed_everything(config.seed)
     device = resolve_device(config.device)
     run = run.with_data(prepare_data(config, show_progress))
-    built = build_scenario(config, run.data.root)
+    built = build_scenario(config, run.data)
     scenario = run.strategy.factory.adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
     learner = create_learner(run, num_objects=len(scenario.class_order))

@@ -10,14 +10,13 @@ follow the scenario's class order and travel with every sample.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from avalanche.benchmarks import benchmark_from_datasets
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 
 from incad.config import RunConfig
-from incad.data.datasets import preprocessing_skipped, reader_of_root, split_dataset
+from incad.data.datasets import PreparedDataset
 from incad.data.sample import collate
 from incad.errors import ConfigError
 
@@ -36,40 +35,48 @@ class Scenario:
         return len(self.step_classes)
 
 
-def resolve_class_order(config: RunConfig, data_root: Path, skipped: list | None = None) -> list[str]:
+def resolve_class_order(config: RunConfig, prepared: PreparedDataset, skipped: list | None = None) -> list[str]:
     """The scenario's class order, checked against the dataset's classes and the split."""
-    available = reader_of_root(config.dataset, data_root).list_classes(data_root, skipped)
+    available = prepared.list_classes(skipped)
     order = list(config.scenario.classes) or available
     unknown = [name for name in order if name not in available]
     if unknown:
         raise ConfigError(
-            f"scenario.classes: unknown class(es) {unknown} in dataset {data_root}; allowed: {', '.join(available)}"
+            f"scenario.classes: unknown class(es) {unknown} in dataset {prepared.root}; allowed: {', '.join(available)}"
         )
     # Duplicates and a given list's length are refused at config load; the dataset's own classes are known only here.
     try:
-        config.scenario.check_class_count(len(order), f"dataset {data_root} has {len(order)} ({', '.join(order)})", "scenario.classes")
+        config.scenario.check_class_count(len(order), f"dataset {prepared.root} has {len(order)} ({', '.join(order)})", "scenario.classes")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return order
 
 
-def _split_dataset(
-    root: Path, classes: list[str], split: str, config: RunConfig, object_ids: dict[str, int], skipped: list[str]
-) -> AvalancheDataset:
-    dataset = split_dataset(config.dataset, root, classes, split, object_ids, load_xyz=config.scenario.modality != "rgb")
-    skipped.extend(str(problem) for problem in dataset.skipped or [])
-    # collate_fn travels with every subset and concatenation, so Avalanche's own loaders (replay) build Batch objects too.
-    return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")], collate_fn=collate)
+def build_scenario(config: RunConfig, prepared: PreparedDataset) -> Scenario:
+    """One train and one test experience per step, in the scenario's class order.
 
-
-def build_scenario(config: RunConfig, data_root: Path) -> Scenario:
-    """One train and one test experience per step, in the scenario's class order."""
+    The scenario's skipped samples are those preprocessing left out plus those found bad here.
+    """
     skipping = config.dataset.on_bad_sample == "skip"
     class_problems: list = []
-    order = resolve_class_order(config, data_root, class_problems if skipping else None)
-    skipped = preprocessing_skipped(data_root) + [str(problem) for problem in class_problems]
+    order = resolve_class_order(config, prepared, class_problems if skipping else None)
+    skipped = prepared.skipped + [str(problem) for problem in class_problems]
     object_ids = {name: index for index, name in enumerate(order)}
     step_classes = config.scenario.step_classes(order)
-    train = [_split_dataset(data_root, classes, "train", config, object_ids, skipped) for classes in step_classes]
-    test = [_split_dataset(data_root, classes, "test", config, object_ids, skipped) for classes in step_classes]
+
+    def experience(classes: list[str], split: str) -> AvalancheDataset:
+        dataset = prepared.split(
+            classes,
+            split,
+            object_ids,
+            load_xyz=config.scenario.modality != "rgb",
+            image_size=config.dataset.image_size,
+            on_bad_sample=config.dataset.on_bad_sample,
+        )
+        skipped.extend(str(problem) for problem in dataset.skipped or [])
+        # collate_fn travels with every subset and concatenation, so Avalanche's own loaders (replay) build Batch objects too.
+        return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")], collate_fn=collate)
+
+    train = [experience(classes, "train") for classes in step_classes]
+    test = [experience(classes, "test") for classes in step_classes]
     return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes, skipped)

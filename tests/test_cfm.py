@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.errors import ConfigError
 from incad.learners.cfm import CFMLearner, CFMOptions
@@ -23,7 +23,7 @@ SMALL = CFMOptions(hidden_dim=32)
 
 
 def batch_of(root, n=4, split="train"):
-    dataset = MVTec3DDataset(root, ["dome"], split, image_size=64, object_ids={"dome": 0})
+    dataset = AnomalyDetectionDataset(root, ["dome"], split, image_size=64, object_ids={"dome": 0})
     return collate([dataset[i] for i in range(n)])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from incad.cli import main
-from incad.data.mvtec3d import list_classes, list_records
+from incad.data.readers.mvtec3d import MVTEC3D
 
 
 def test_yaml_typo_gives_a_one_paragraph_error(tmp_path, capsys, tiny_run_config):
@@ -33,8 +33,8 @@ def test_data_synth_writes_the_mvtec3d_layout(tmp_path: Path, capsys):
                  "--set", "train_per_class=2", "--set", "test_good_per_class=1", "--set", "test_defect_per_class=1",
                  "--set", "validation_per_class=1", "--set", "pose_jitter.rotation_deg=0"])
     assert code == 0
-    assert list_classes(out) == ["dome", "ring"]
-    assert len(list_records(out, "dome", "train")) == 2
+    assert MVTEC3D.list_classes(out) == ["dome", "ring"]
+    assert len(MVTEC3D.list_records(out, "dome", "train")) == 2
 
 
 def test_data_synth_rejects_unknown_setting(tmp_path, capsys):

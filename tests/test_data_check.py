@@ -25,10 +25,11 @@ from incad.config import validate_config
 from conftest import TINY_SYNTHETIC
 from incad.data.check import check_dataset
 from incad.data.synthetic import DEFECT_TYPES
-from incad.data.mvtec3d import MVTEC3D, MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.errors import DataError
 from incad.runner import run_experiment
-from incad.scenario import build_scenario
+from scenario_helpers import scenario_of
 
 CLASS = "dome"
 SPLITS = ("train", "validation", "test")
@@ -118,8 +119,8 @@ DAMAGE: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
-def _read_everything(root: Path, on_bad_sample: str = "error") -> list[MVTec3DDataset]:
-    datasets = [MVTec3DDataset(root, [CLASS], split, 32, {CLASS: 0}, on_bad_sample=on_bad_sample) for split in SPLITS]
+def _read_everything(root: Path, on_bad_sample: str = "error") -> list[AnomalyDetectionDataset]:
+    datasets = [AnomalyDetectionDataset(root, [CLASS], split, 32, {CLASS: 0}, on_bad_sample=on_bad_sample) for split in SPLITS]
     for dataset in datasets:
         [dataset[index] for index in range(len(dataset))]
     return datasets
@@ -188,9 +189,9 @@ def test_empty_class_folder_stops_or_is_skipped(root: Path, tmp_path: Path) -> N
     empty.mkdir()
     assert [error.path for error in check_dataset(root, MVTEC3D).problems] == [empty]
     with pytest.raises(DataError, match="without a train/ or test/") as error:
-        build_scenario(validate_config(_run_config(root, tmp_path)), root)
+        scenario_of(_run_config(root, tmp_path))
     assert error.value.path == empty
-    scenario = build_scenario(validate_config(_run_config(root, tmp_path, on_bad_sample="skip")), root)
+    scenario = scenario_of(_run_config(root, tmp_path, on_bad_sample="skip"))
     assert scenario.class_order == ["dome", "ring"]
     assert len(scenario.skipped) == 1 and str(empty) in scenario.skipped[0]
 

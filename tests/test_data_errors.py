@@ -14,7 +14,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from incad.data.mvtec3d import MVTec3DDataset, list_classes, list_records, load_mask, load_rgb, load_xyz
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.base import load_mask, load_rgb, load_xyz
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.synthetic import SyntheticConfig, generate
 from incad.errors import DataError
 
@@ -35,8 +37,8 @@ def root(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "data"))
 
 
-def _first_train_sample(root: Path) -> MVTec3DDataset:
-    return MVTec3DDataset(root, [CLASS], "train", 32, {CLASS: 0})
+def _first_train_sample(root: Path) -> AnomalyDetectionDataset:
+    return AnomalyDetectionDataset(root, [CLASS], "train", 32, {CLASS: 0})
 
 
 def _assert_names(error: pytest.ExceptionInfo[DataError], path: Path) -> None:
@@ -48,14 +50,14 @@ def _assert_names(error: pytest.ExceptionInfo[DataError], path: Path) -> None:
 def test_missing_data_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError, match="Expected") as error:
-        list_classes(missing)
+        MVTEC3D.list_classes(missing)
     _assert_names(error, missing)
 
 
 def test_missing_split_folder(root: Path) -> None:
     shutil.rmtree(root / CLASS / "validation")
     with pytest.raises(DataError, match="validation split") as error:
-        MVTec3DDataset(root, [CLASS], "validation", 32, {CLASS: 0})
+        AnomalyDetectionDataset(root, [CLASS], "validation", 32, {CLASS: 0})
     _assert_names(error, root / CLASS / "validation")
 
 
@@ -71,7 +73,7 @@ def test_rgb_xyz_size_mismatch(root: Path) -> None:
 def test_rgb_gt_size_mismatch(root: Path) -> None:
     gt = root / CLASS / "test/stain/gt/000.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(gt)
-    dataset = MVTec3DDataset(root, [CLASS], "test", 32, {CLASS: 0})
+    dataset = AnomalyDetectionDataset(root, [CLASS], "test", 32, {CLASS: 0})
     index = next(i for i, record in enumerate(dataset.records) if record.gt == gt)
     with pytest.raises(DataError, match="same size") as error:
         dataset[index]
@@ -126,7 +128,7 @@ def test_defect_sample_without_mask(root: Path) -> None:
     gt = root / CLASS / "test/crack/gt/000.png"
     gt.unlink()
     with pytest.raises(DataError, match="no ground-truth mask") as error:
-        list_records(root, CLASS, "test")
+        MVTEC3D.list_records(root, CLASS, "test")
     _assert_names(error, gt)
 
 
@@ -134,7 +136,7 @@ def test_rgb_without_point_cloud(root: Path) -> None:
     xyz = root / CLASS / "train/good/xyz/001.tiff"
     xyz.unlink()
     with pytest.raises(DataError, match="no point cloud") as error:
-        list_records(root, CLASS, "train")
+        MVTEC3D.list_records(root, CLASS, "train")
     _assert_names(error, xyz)
 
 
@@ -147,6 +149,6 @@ def test_missing_file_passed_to_a_loader(tmp_path: Path) -> None:
 
 def test_user_files_are_only_read(root: Path) -> None:
     before = {path: path.stat().st_mtime_ns for path in root.rglob("*")}
-    dataset = MVTec3DDataset(root, [CLASS], "test", 16, {CLASS: 0})
+    dataset = AnomalyDetectionDataset(root, [CLASS], "test", 16, {CLASS: 0})
     [dataset[i] for i in range(len(dataset))]
     assert {path: path.stat().st_mtime_ns for path in root.rglob("*")} == before

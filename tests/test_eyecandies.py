@@ -11,8 +11,9 @@ from PIL import Image
 from eyecandies_format import CANDY_HEIGHT, DEPTH_RANGE, TABLE_DISTANCE, scene, write_eyecandies
 from incad.config import validate_config
 from incad.data.datasets import prepare_dataset
-from incad.data.eyecandies import FOCAL_LENGTH, EyecandiesReader, back_project, read_depth_metres
-from incad.data.mvtec3d import MVTec3DDataset, load_xyz
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.base import load_xyz
+from incad.data.readers.eyecandies import FOCAL_LENGTH, EyecandiesReader, back_project, read_depth_metres
 from incad.data.preprocess import PreprocessingConfig, preprocess_dataset
 from incad.errors import DataError
 from incad.scenario import build_scenario
@@ -65,7 +66,7 @@ def test_back_projection_follows_the_pinhole_camera() -> None:
 
 def test_light_picks_the_rgb_image(root: Path) -> None:
     samples = {
-        light: MVTec3DDataset(root, ["CandyCane"], "train", 32, {"CandyCane": 0}, reader=EyecandiesReader(light))[0]
+        light: AnomalyDetectionDataset(root, ["CandyCane"], "train", 32, {"CandyCane": 0}, reader=EyecandiesReader(light))[0]
         for light in (2, 4)
     }
     green = {light: samples[light].image[1].mean().item() for light in samples}
@@ -73,7 +74,7 @@ def test_light_picks_the_rgb_image(root: Path) -> None:
 
 
 def test_samples_have_an_organized_cloud_and_masks(root: Path) -> None:
-    dataset = MVTec3DDataset(root, ["CandyCane"], "test", 32, {"CandyCane": 5}, reader=EyecandiesReader())
+    dataset = AnomalyDetectionDataset(root, ["CandyCane"], "test", 32, {"CandyCane": 5}, reader=EyecandiesReader())
     good, bad = dataset[0], dataset[3]
     assert bad.xyz.shape == (3, 32, 32) and bool(bad.valid.all())
     assert good.mask.sum() == 0 and bad.mask.sum() > 0 and bad.label == 1 and bad.object_id == 5
@@ -84,7 +85,7 @@ def test_missing_info_depth_yaml_names_the_file(root: Path, tmp_path: Path) -> N
     copy = write_eyecandies(tmp_path / "copy", ["CandyCane"], size=16)
     info = copy / "CandyCane" / "train" / "data" / "000_info_depth.yaml"
     info.unlink()
-    dataset = MVTec3DDataset(copy, ["CandyCane"], "train", 16, {"CandyCane": 0}, reader=EyecandiesReader())
+    dataset = AnomalyDetectionDataset(copy, ["CandyCane"], "train", 16, {"CandyCane": 0}, reader=EyecandiesReader())
     with pytest.raises(DataError) as error:
         dataset[0]
     assert error.value.path == info
@@ -95,7 +96,7 @@ def test_eight_bit_depth_is_rejected(tmp_path: Path) -> None:
     depth = copy / "CandyCane" / "train" / "data" / "000_depth.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(depth)
     with pytest.raises(DataError, match="16-bit") as error:
-        MVTec3DDataset(copy, ["CandyCane"], "train", 16, {"CandyCane": 0}, reader=EyecandiesReader())[0]
+        AnomalyDetectionDataset(copy, ["CandyCane"], "train", 16, {"CandyCane": 0}, reader=EyecandiesReader())[0]
     assert error.value.path == depth
 
 
@@ -120,7 +121,7 @@ def test_scenario_reads_eyecandies_by_name(root: Path, tmp_path: Path) -> None:
             "output_dir": str(tmp_path),
         }
     )
-    scenario = build_scenario(config, root)
+    scenario = build_scenario(config, prepare_dataset(config.dataset))
     assert scenario.class_order == ["CandyCane", "GummyBear"]
     test_step0 = scenario.benchmark.test_stream[0].dataset
     assert len(test_step0) == 4
@@ -143,7 +144,7 @@ def test_prepared_run_reads_the_preprocessed_cache(root: Path, tmp_path: Path) -
     prepared = prepare_dataset(config.dataset, ["CandyCane"], show_progress=False)
     assert prepared.root.parent == tmp_path / "cache" and prepared.reader.name == "mvtec3d"
     assert prepare_dataset(config.dataset, ["CandyCane"], show_progress=False).root == prepared.root
-    scenario = build_scenario(config, prepared.root)
+    scenario = build_scenario(config, prepared)
     test = scenario.benchmark.test_stream[0].dataset
     samples = [test[index] for index in range(len(test))]
     assert sorted(sample.label for sample in samples) == [0, 0, 1, 1]

@@ -16,7 +16,7 @@ import yaml
 
 from incad.cli import main
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTEC3D
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.preprocess import PreprocessingConfig, preprocess_dataset
 from incad.errors import ConfigError
 from incad.run_folder import MANIFEST_FILE

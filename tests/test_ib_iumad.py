@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.resolve import resolve_raw
-from incad.data.mvtec3d import MVTec3DDataset
 from incad.data.sample import collate
 from incad.errors import ConfigError
 from incad.learners.ib_iumad import IBIUMADLearner, IBIUMADOptions
@@ -17,7 +17,7 @@ CLASSES = ["dome", "ring"]
 
 
 def batch_of(root, n_per_class=3):
-    dataset = MVTec3DDataset(root, CLASSES, "train", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
+    dataset = AnomalyDetectionDataset(root, CLASSES, "train", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
     per_class = {c: [i for i, r in enumerate(dataset.records) if r.class_name == c][:n_per_class] for c in CLASSES}
     return collate([dataset[i] for indices in per_class.values() for i in indices])
 

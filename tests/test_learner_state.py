@@ -16,7 +16,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.evaluation.results import METRICS
 from incad.models.layers.growing import growing_buffer_names
@@ -95,7 +95,7 @@ def test_trained_learner_loads_into_a_fresh_one(runs, tiny_dataset):
     fresh = create_learner(resolve(runs["uninterrupted"].config), num_objects=len(CLASSES)).eval()
     fresh.load_state_dict(state)
     registered = load_registered_model(f"models:/state-{runs['name']}/latest", tracking_uri=runs["tracking_uri"]).learner
-    dataset = MVTec3DDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
+    dataset = AnomalyDetectionDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
     batch = collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
         expected = trained.anomaly_map(batch)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from incad.data.mvtec3d import MVTec3DDataset, depth_image, list_classes, list_records, load_xyz
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.base import depth_image, load_xyz
+from incad.data.readers.mvtec3d import MVTEC3D
 
 MINI_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/mvtec3d_mini"
 CLASS = "cable_gland"
@@ -22,27 +24,27 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def test_samples() -> list:
-    dataset = MVTec3DDataset(MINI_ROOT, [CLASS], "test", SIZE, {CLASS: 3})
+    dataset = AnomalyDetectionDataset(MINI_ROOT, [CLASS], "test", SIZE, {CLASS: 3})
     return [dataset[i] for i in range(len(dataset))]
 
 
 def test_lists_the_class() -> None:
-    assert list_classes(MINI_ROOT) == [CLASS]
+    assert MVTEC3D.list_classes(MINI_ROOT) == [CLASS]
 
 
 @pytest.mark.parametrize(("split", "count", "defective"), [("train", 20, 0), ("validation", 4, 0), ("test", 10, 8)])
 def test_record_counts_per_split(split: str, count: int, defective: int) -> None:
-    records = list_records(MINI_ROOT, CLASS, split)
+    records = MVTEC3D.list_records(MINI_ROOT, CLASS, split)
     assert len(records) == count
     assert sum(record.label for record in records) == defective
     for record in records:
-        assert record.xyz is not None and record.xyz.stem == record.rgb.stem
+        assert record.points_file is not None and record.points_file.stem == record.rgb.stem
         assert (record.gt is not None) == (split == "test")
         assert record.label == (record.defect_type != "good")
 
 
 def test_test_split_has_the_defect_types() -> None:
-    types = {record.defect_type for record in list_records(MINI_ROOT, CLASS, "test")}
+    types = {record.defect_type for record in MVTEC3D.list_records(MINI_ROOT, CLASS, "test")}
     assert types == {"good", "bent", "cut", "hole", "thread"}
 
 
@@ -67,11 +69,11 @@ def test_masks_mark_defects_only(test_samples: list) -> None:
 
 
 def test_raw_point_clouds_miss_about_40_percent_of_points() -> None:
-    for record in list_records(MINI_ROOT, CLASS, "train") + list_records(MINI_ROOT, CLASS, "test"):
-        points = load_xyz(record.xyz)
+    for record in MVTEC3D.list_records(MINI_ROOT, CLASS, "train") + MVTEC3D.list_records(MINI_ROOT, CLASS, "test"):
+        points = load_xyz(record.points_file)
         assert points.shape == (400, 400, 3) and points.dtype == np.float32
         no_point = (points == 0).all(axis=-1).mean()
-        assert 0.3 <= no_point <= 0.5, (record.xyz, no_point)
+        assert 0.3 <= no_point <= 0.5, (record.points_file, no_point)
 
 
 def test_depth_is_in_unit_range_and_zero_exactly_where_there_is_no_point(test_samples: list) -> None:
@@ -83,7 +85,7 @@ def test_depth_is_in_unit_range_and_zero_exactly_where_there_is_no_point(test_sa
 
 
 def test_depth_is_brighter_nearer_to_the_camera() -> None:
-    points = load_xyz(list_records(MINI_ROOT, CLASS, "train")[0].xyz)
+    points = load_xyz(MVTEC3D.list_records(MINI_ROOT, CLASS, "train")[0].points_file)
     valid = (points != 0).any(axis=-1)
     depth = depth_image(points, valid)
     assert depth.dtype == np.float32
@@ -93,7 +95,7 @@ def test_depth_is_brighter_nearer_to_the_camera() -> None:
 
 
 def test_rgb_only_loading_has_no_3d_fields() -> None:
-    dataset = MVTec3DDataset(MINI_ROOT, [CLASS], "validation", SIZE, {CLASS: 0}, load_xyz=False)
+    dataset = AnomalyDetectionDataset(MINI_ROOT, [CLASS], "validation", SIZE, {CLASS: 0}, load_xyz=False)
     sample = dataset[0]
     assert sample.depth is None and sample.xyz is None and sample.valid is None
     assert dataset.object_ids_per_sample == [0] * 4

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from incad.config import validate_config
 from incad.data.check import check_dataset
-from incad.data.mvtec_ad import MVTecADReader
+from incad.data.readers.mvtec_ad import MVTecADReader
 from incad.errors import ConfigError, DataError
-from incad.scenario import build_scenario
+from scenario_helpers import scenario_of
 
 
 def _write_mvtec_ad(root: Path) -> Path:
@@ -50,13 +49,13 @@ def test_records_and_masks(root: Path) -> None:
     reader = MVTecADReader()
     assert reader.list_classes(root) == ["bottle", "grid"]
     test = reader.list_records(root, "grid", "test")
-    assert [(r.defect_type, r.label, r.xyz) for r in test] == [("broken_large", 1, None)] * 2 + [("good", 0, None)]
+    assert [(r.defect_type, r.label, r.points_file) for r in test] == [("broken_large", 1, None)] * 2 + [("good", 0, None)]
     assert test[0].gt == root / "grid" / "ground_truth" / "broken_large" / "000_mask.png"
     assert len(reader.list_records(root, "bottle", "train")) == 3
 
 
 def test_rgb_only_scenario(root: Path) -> None:
-    scenario = build_scenario(validate_config(_config(root, "rgb")), root)
+    scenario = scenario_of(_config(root, "rgb"))
     assert scenario.class_order == ["bottle", "grid"]
     sample = scenario.benchmark.test_stream[1].dataset[0]
     assert sample.image.shape == (3, 32, 32)  # the grey class comes out as RGB
@@ -66,7 +65,7 @@ def test_rgb_only_scenario(root: Path) -> None:
 
 def test_depth_modalities_are_refused_with_the_key(root: Path) -> None:
     with pytest.raises(ConfigError, match="scenario.modality"):
-        build_scenario(validate_config(_config(root, "rgb+depth")), root)
+        scenario_of(_config(root, "rgb+depth"))
 
 
 def test_missing_mask_is_reported(root: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreLearner, PatchCoreOptions
 from incad.models.layers.growing import growing_buffer_names
@@ -86,7 +86,7 @@ def test_chunked_nearest_neighbours_equal_one_shot_cdist_min_and_leave_out_group
 
 
 def batch_of(root, classes, split="train", n=6):
-    dataset = MVTec3DDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
+    dataset = AnomalyDetectionDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
     return collate([dataset[i] for i in range(min(n, len(dataset)))])
 
 
@@ -161,13 +161,13 @@ def test_empty_bank_says_what_to_do(tiny_dataset):
 
 RELOAD_SCRIPT = """
 import sys, torch
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreLearner, PatchCoreOptions
 root, state_path, out_path = sys.argv[1:4]
 learner = PatchCoreLearner(PatchCoreOptions(reweighting=True), "rgb+depth", num_objects=4, image_size=64).eval()
 learner.load_state_dict(torch.load(state_path, weights_only=True))
-dataset = MVTec3DDataset(root, ["dome", "ring"], "test", image_size=64, object_ids={"dome": 0, "ring": 1})
+dataset = AnomalyDetectionDataset(root, ["dome", "ring"], "test", image_size=64, object_ids={"dome": 0, "ring": 1})
 torch.save(learner.anomaly_map(collate([dataset[i] for i in range(6)])), out_path)
 """
 

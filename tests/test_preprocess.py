@@ -14,7 +14,8 @@ import tifffile
 from PIL import Image
 
 from conftest import MVTEC3D_MINI
-from incad.data.mvtec3d import MVTEC3D, list_records, load_mask, load_xyz
+from incad.data.readers.base import load_mask, load_xyz
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.preprocess import MANIFEST, PreprocessingConfig, border_mask, fill_holes, preprocess_dataset
 from incad.errors import DataError
 
@@ -89,7 +90,7 @@ def test_defects_survive_preprocessing(source: Path, prepared) -> None:
 
 def test_cache_layout_and_counts(prepared) -> None:
     assert prepared.counts == {CLASS: {"train": 2, "validation": 1, "test": 2}}
-    assert len(list_records(prepared.root, CLASS, "test")) == 2
+    assert len(MVTEC3D.list_records(prepared.root, CLASS, "test")) == 2
     manifest = json.loads((prepared.root / MANIFEST).read_text())
     assert manifest["key"]["settings"]["plane_distance"] == SETTINGS.plane_distance
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from incad.data.sample import collate
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.learners.features import valid_tokens
 from incad.learners.reconstruction import ReconstructionLearner, ReconstructionOptions
 
@@ -14,7 +14,7 @@ SMALL = ReconstructionOptions(hidden_dim=32, num_heads=2, encoder_layers=1, deco
 
 
 def batch_of(root, split="train", classes=("dome",), n=4):
-    dataset = MVTec3DDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
+    dataset = AnomalyDetectionDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
     return collate([dataset[i] for i in range(n)])
 
 
@@ -90,7 +90,7 @@ def test_cosine_map_ignores_feature_magnitude(tiny_dataset):
 
 def test_image_size_not_a_multiple_of_16_uses_the_backbones_rounded_up_grid(tiny_dataset):
     """72 px gives a 5x5 stride-16 grid (a block output rounds up), not 4x4."""
-    dataset = MVTec3DDataset(tiny_dataset, ["dome"], "train", image_size=72, object_ids={"dome": 0})
+    dataset = AnomalyDetectionDataset(tiny_dataset, ["dome"], "train", image_size=72, object_ids={"dome": 0})
     batch = collate([dataset[i] for i in range(2)])
     learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=72).eval()
     assert learner.grid == (5, 5)

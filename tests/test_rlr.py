@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.rlr import RLRLearner, RLROptions
 from incad.learners.rlr.loss import token_error
@@ -27,7 +27,7 @@ SMALL = RLROptions(hidden_dims=[16, 16], num_blocks=1, num_heads=2, feedforward_
 
 
 def batch_of(root, n=4, split="train"):
-    dataset = MVTec3DDataset(root, ["dome"], split, image_size=64, object_ids={"dome": 0})
+    dataset = AnomalyDetectionDataset(root, ["dome"], split, image_size=64, object_ids={"dome": 0})
     return collate([dataset[i] for i in range(n)])
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from incad.config import validate_config
+from incad.data.datasets import prepare_dataset
 from incad.data.sample import Sample
 from incad.errors import ConfigError
 from incad.scenario import build_scenario
-
+from scenario_helpers import scenario_of
 
 
 def test_experiences_hold_the_right_classes_and_splits(tiny_dataset, tiny_run_config, tiny_synthetic_config):
     config = validate_config(tiny_run_config)
-    scenario = build_scenario(config, tiny_dataset)
+    scenario = build_scenario(config, prepare_dataset(config.dataset))
     assert scenario.step_classes == [["dome", "ring"], ["brick"], ["wave"]]
     train, test = scenario.benchmark.train_stream, scenario.benchmark.test_stream
     assert len(train) == len(test) == 3
@@ -32,14 +33,14 @@ def test_experiences_hold_the_right_classes_and_splits(tiny_dataset, tiny_run_co
 
 def test_rgb_only_scenario_loads_no_depth(tiny_dataset, tiny_run_config):
     tiny_run_config["scenario"]["modality"] = "rgb"
-    scenario = build_scenario(validate_config(tiny_run_config), tiny_dataset)
+    scenario = scenario_of(tiny_run_config)
     assert scenario.benchmark.train_stream[0].dataset[0].depth is None
 
 
 def test_unknown_class_lists_the_dataset_classes(tiny_dataset, tiny_run_config):
     tiny_run_config["scenario"]["classes"] = ["dome", "ring", "brick", "bagel"]
     with pytest.raises(ConfigError) as error:
-        build_scenario(validate_config(tiny_run_config), tiny_dataset)
+        scenario_of(tiny_run_config)
     assert "bagel" in str(error.value) and "wave" in str(error.value)
 
 
@@ -52,4 +53,4 @@ def test_split_that_does_not_match_the_class_count(tiny_dataset, tiny_run_config
 def test_split_that_does_not_match_the_dataset_classes(tiny_dataset, tiny_run_config):
     tiny_run_config["scenario"].update(classes=[], base=6, increment=0, steps=0)
     with pytest.raises(ConfigError, match="needs exactly 6 classes but dataset .* has 4 "):
-        build_scenario(validate_config(tiny_run_config), tiny_dataset)
+        scenario_of(tiny_run_config)

@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from incad.data import synthetic
-from incad.data.mvtec3d import MVTec3DDataset, list_classes, list_records
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.synthetic import (
     DEFECT_TYPES,
     PoseJitter,
@@ -58,17 +59,17 @@ def test_different_seed_gives_different_samples(tmp_path: Path) -> None:
 
 def test_layout_is_readable_by_the_mvtec3d_reader(tiny_root: Path) -> None:
     names = class_names(TINY.num_classes)
-    assert list_classes(tiny_root) == sorted(names)
+    assert MVTEC3D.list_classes(tiny_root) == sorted(names)
     object_ids = {name: i for i, name in enumerate(names)}
     for split, per_class in (("train", 2), ("validation", 1), ("test", 2 + len(DEFECT_TYPES))):
-        dataset = MVTec3DDataset(tiny_root, names, split, 32, object_ids)
+        dataset = AnomalyDetectionDataset(tiny_root, names, split, 32, object_ids)
         assert len(dataset) == per_class * len(names)
         assert dataset.object_ids_per_sample == [0] * per_class + [1] * per_class
-    types = {record.defect_type for record in list_records(tiny_root, names[0], "test")}
+    types = {record.defect_type for record in MVTEC3D.list_records(tiny_root, names[0], "test")}
     assert types == {"good", *DEFECT_TYPES}
 
     # At the generated size, so that no small defect is lost by nearest resizing.
-    test_set = MVTec3DDataset(tiny_root, names, "test", TINY.image_size, object_ids)
+    test_set = AnomalyDetectionDataset(tiny_root, names, "test", TINY.image_size, object_ids)
     for index in range(len(test_set)):
         sample = test_set[index]
         assert (sample.mask.sum() > 0) == (sample.label == 1), sample.path

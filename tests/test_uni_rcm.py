@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from incad.config import validate_config
-from incad.data.mvtec3d import MVTec3DDataset
+from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.uni_rcm import UniRCMLearner, UniRCMOptions
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
@@ -21,7 +21,7 @@ SMALL = UniRCMOptions(hidden_dim=32, num_blocks=1, codes_per_fit_2d=16, codes_pe
 
 
 def batch_of(root, classes=("dome",), n=4, split="train"):
-    dataset = MVTec3DDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
+    dataset = AnomalyDetectionDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})
     return collate([dataset[i] for i in range(n)])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from incad.data.mvtec3d import MVTec3DReader
+from incad.data.readers.base import LayoutReader
 from incad.errors import DataError
 
 
@@ -48,7 +48,7 @@ def format_counts(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def check_dataset(root: str | Path, reader: MVTec3DReader, show_progress: bool = False) -> CheckReport:
+def check_dataset(root: str | Path, reader: LayoutReader, show_progress: bool = False) -> CheckReport:
     """Every problem of the dataset at ``root``: layout, unreadable files, sizes, NaN/inf, empty scans, masks."""
     root = Path(root)
     report = CheckReport(root, reader.name)
@@ -71,7 +71,7 @@ def check_dataset(root: str | Path, reader: MVTec3DReader, show_progress: bool =
             records += found
     for record in tqdm(records, desc="checking", unit="sample", disable=not show_progress):
         try:
-            reader.read_sample(record, with_points=record.xyz is not None)
+            reader.read_sample(record, with_points=record.points_file is not None)
         except DataError as problem:
             report.problems.append(problem)
     return report

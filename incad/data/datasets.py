@@ -1,24 +1,25 @@
-"""One entry point from ``dataset.name`` to readable samples: the reader family.
+"""One entry point from ``dataset.name`` to readable samples: the :class:`PreparedDataset` of a run.
 
 ``synthetic``, ``mvtec3d`` and ``folder`` (a user's own data: any class names,
 any image size, xyz optional) share the MVTec 3D-AD layout; ``eyecandies``
-and ``mvtec_ad`` have their own readers. :func:`prepare_dataset` resolves the
-folder a run reads (generating synthetic data or preprocessing into the cache
-when asked), :func:`split_dataset` builds the dataset of one split.
+and ``mvtec_ad`` have their own readers (:mod:`incad.data.readers`).
+:func:`prepare_dataset` resolves the folder a run reads (generating synthetic
+data or preprocessing into the cache when asked) together with its reader, so
+whatever reads the data afterwards asks the :class:`PreparedDataset`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incad.data.eyecandies import EyecandiesReader
-from incad.data.mvtec3d import MVTEC3D, MVTec3DDataset, MVTec3DReader
-from incad.data.mvtec_ad import MVTecADReader
-from incad.data.preprocess import MANIFEST, preprocess_dataset
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.preprocess import preprocess_dataset
+from incad.data.readers.base import LayoutReader, OnBadSample
+from incad.data.readers.mvtec3d import MVTEC3D
+from incad.data.readers.registry import create_reader
 from incad.data.synthetic import ensure_synthetic
 from incad.errors import ConfigError, DataError
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from incad.config import DatasetConfig
 
 DEFAULT_CACHE = Path(".cache") / "incad" / "data"
-DATASET_NAMES = ("synthetic", "mvtec3d", "folder", "eyecandies", "mvtec_ad")
 
 
 def cache_root(config: "DatasetConfig") -> Path:
@@ -34,25 +34,56 @@ def cache_root(config: "DatasetConfig") -> Path:
     return Path(config.cache_dir or os.environ.get("INCAD_DATA_DIR", DEFAULT_CACHE))
 
 
-def reader_for(name: str, light: int = 4) -> MVTec3DReader:
-    """The reader of a dataset name (``light`` picks Eyecandies' RGB image)."""
-    if name == "eyecandies":
-        return EyecandiesReader(light)
-    if name == "mvtec_ad":
-        return MVTecADReader()
-    if name in DATASET_NAMES:
-        return MVTEC3D
-    raise ConfigError(f"dataset.name: unknown dataset '{name}'; allowed: {', '.join(DATASET_NAMES)}")
-
-
 @dataclass
 class PreparedDataset:
-    """The folder a run reads, its reader, and the source samples preprocessing left out."""
+    """The folder a run reads, the reader of its layout, and the source samples preprocessing left out.
+
+    ``counts`` (class -> split -> samples) is filled by preprocessing; see
+    :meth:`sample_counts` for any folder.
+    """
 
     root: Path
-    reader: MVTec3DReader
+    reader: LayoutReader
     skipped: list[str] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def list_classes(self, skipped: list | None = None) -> list[str]:
+        """The class folders of ``root``; with ``skipped`` a folder that is no class is listed there instead of raising."""
+        return self.reader.list_classes(self.root, skipped)
+
+    def sample_counts(self, classes: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Samples per class and split (validation only where the layout has it)."""
+        counts = {}
+        for class_name in classes or self.list_classes():
+            counts[class_name] = {
+                split: len(self.reader.list_records(self.root, class_name, split))
+                for split, folder in self.reader.splits.items()
+                if split != "validation" or (self.root / class_name / folder).is_dir()
+            }
+        return counts
+
+    def split(
+        self,
+        classes: list[str],
+        split: str,
+        object_ids: dict[str, int],
+        load_xyz: bool,
+        image_size: int,
+        on_bad_sample: OnBadSample = "error",
+    ) -> AnomalyDetectionDataset:
+        """The samples of ``classes`` in ``split``; point clouds only if the layout has them."""
+        if load_xyz and not self.reader.has_points:
+            raise ConfigError(f"scenario.modality: dataset '{self.reader.name}' has RGB images only; use scenario.modality: rgb")
+        return AnomalyDetectionDataset(
+            self.root,
+            class_names=classes,
+            split=split,
+            image_size=image_size,
+            object_ids=object_ids,
+            load_xyz=load_xyz,
+            reader=self.reader,
+            on_bad_sample=on_bad_sample,
+        )
 
 
 def prepare_dataset(config: "DatasetConfig", classes: list[str] | None = None, show_progress: bool = True) -> PreparedDataset:
@@ -61,7 +92,7 @@ def prepare_dataset(config: "DatasetConfig", classes: list[str] | None = None, s
     A preprocessed cache is always in the MVTec 3D-AD layout, so it is read by
     the MVTec 3D-AD reader whatever the source layout was.
     """
-    reader = reader_for(config.name, config.light)
+    reader = create_reader(config.name, config.light)
     if config.name == "synthetic":
         root = ensure_synthetic(config.synthetic, config.root or cache_root(config))
     else:
@@ -76,51 +107,3 @@ def prepare_dataset(config: "DatasetConfig", classes: list[str] | None = None, s
         reader, root, config.preprocessing, cache_root(config), classes, config.on_bad_sample, show_progress
     )
     return PreparedDataset(result.root, MVTEC3D, result.skipped, result.counts)
-
-
-def preprocessing_skipped(root: Path) -> list[str]:
-    """The source samples that preprocessing left out of the cache at ``root`` (none for other folders)."""
-    manifest = Path(root) / MANIFEST
-    return list(json.loads(manifest.read_text())["skipped"]) if manifest.is_file() else []
-
-
-def reader_of_root(config: "DatasetConfig", root: Path) -> MVTec3DReader:
-    """The reader for ``root``: the MVTec 3D-AD one for a preprocessed cache, else the dataset's own."""
-    return MVTEC3D if (Path(root) / MANIFEST).is_file() else reader_for(config.name, config.light)
-
-
-def sample_counts(config: "DatasetConfig", root: Path, classes: list[str] | None = None) -> dict[str, dict[str, int]]:
-    """Samples per class and split of the folder a run reads (validation only where the layout has it)."""
-    reader = reader_of_root(config, root)
-    counts = {}
-    for class_name in classes or reader.list_classes(root):
-        counts[class_name] = {
-            split: len(reader.list_records(root, class_name, split))
-            for split, folder in reader.splits.items()
-            if split != "validation" or (Path(root) / class_name / folder).is_dir()
-        }
-    return counts
-
-
-def split_dataset(
-    config: "DatasetConfig",
-    root: Path,
-    classes: list[str],
-    split: str,
-    object_ids: dict[str, int],
-    load_xyz: bool,
-) -> MVTec3DDataset:
-    """The samples of ``classes`` in ``split``, read with the right reader and ``on_bad_sample`` policy."""
-    reader = reader_of_root(config, root)
-    if load_xyz and not reader.has_points:
-        raise ConfigError(f"scenario.modality: dataset '{config.name}' has RGB images only; use scenario.modality: rgb")
-    return MVTec3DDataset(
-        root,
-        class_names=classes,
-        split=split,
-        image_size=config.image_size,
-        object_ids=object_ids,
-        load_xyz=load_xyz,
-        reader=reader,
-        on_bad_sample=config.on_bad_sample,
-    )

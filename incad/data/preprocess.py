@@ -36,7 +36,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from incad.data.fingerprint import folder_fingerprint
-from incad.data.mvtec3d import GOOD, MVTec3DReader, OnBadSample, Record, require_points
+from incad.data.readers.base import GOOD, LayoutReader, OnBadSample, Record, require_points
 from incad.errors import ConfigError, DataError
 from incad.paths import path_within, safe_name
 
@@ -148,13 +148,13 @@ class PreprocessedDataset:
     reused: bool
 
 
-def _process(task: _Task, reader: MVTec3DReader, settings: PreprocessingConfig) -> tuple[str, str, str] | None:
+def _process(task: _Task, reader: LayoutReader, settings: PreprocessingConfig) -> tuple[str, str, str] | None:
     """Write one preprocessed sample; a bad sample gives its DataError's (path, problem, hint) instead."""
     record = task.record
     try:
         raw = reader.read_sample(record, with_points=True)
         points, keep = preprocess_points(raw.points, settings)
-        require_points(record.xyz, points)
+        require_points(record.points_file, points)
     except DataError as problem:
         return str(problem.path), problem.problem, problem.hint
     stem = record.rgb.stem
@@ -178,7 +178,7 @@ def _process_star(args: tuple) -> tuple[str, str, str] | None:
 
 
 def _list_tasks(
-    reader: MVTec3DReader, source: Path, classes: list[str], skipped: list[DataError] | None
+    reader: LayoutReader, source: Path, classes: list[str], skipped: list[DataError] | None
 ) -> list[_Task]:
     tasks = []
     for class_name in classes:
@@ -191,7 +191,7 @@ def _list_tasks(
 
 
 def preprocess_dataset(
-    reader: MVTec3DReader,
+    reader: LayoutReader,
     source: str | Path,
     settings: PreprocessingConfig,
     cache_root: str | Path,
@@ -259,7 +259,7 @@ def preprocess_dataset(
 
 
 def _run_tasks(
-    tasks: list[_Task], reader: MVTec3DReader, settings: PreprocessingConfig, show_progress: bool
+    tasks: list[_Task], reader: LayoutReader, settings: PreprocessingConfig, show_progress: bool
 ) -> Iterator[tuple[str, str, str] | None]:
     """Each task's problem (None if written), in order, serially or from ``settings.workers`` processes.
 

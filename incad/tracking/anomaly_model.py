@@ -61,7 +61,9 @@ from torch.utils.data import DataLoader
 
 import incad
 from incad.config import NamedSection, RunConfig
-from incad.data.mvtec3d import MVTEC3D, MVTec3DDataset, Record
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.readers.base import Record
+from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.sample import collate
 from incad.errors import DataError, IncadError
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
@@ -177,10 +179,10 @@ def check_manifest(folder: Path, source: str) -> None:
             raise IncadError(f"{source}: {name} is missing or differs from the sha256 in its {MANIFEST}. {RETRAIN}")
 
 
-class PredictionDataset(MVTec3DDataset):
+class PredictionDataset(AnomalyDetectionDataset):
     """Arbitrary RGB files (with optional point clouds), read by the training data's own ``__getitem__``.
 
-    Only the record list differs from :class:`MVTec3DDataset`: it is given
+    Only the record list differs from :class:`AnomalyDetectionDataset`: it is given
     instead of listed from a dataset folder, and there is no class or label.
     """
 

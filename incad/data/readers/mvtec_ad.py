@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from incad.data.mvtec3d import GOOD, MVTec3DReader, Record, _require_dir, missing_mask, report
+from incad.data.readers.base import GOOD, LayoutReader, Record, missing_mask, report, require_dir
+from incad.data.readers.registry import register_reader
 from incad.errors import DataError
 
-class MVTecADReader(MVTec3DReader):
+
+@register_reader("mvtec_ad")
+class MVTecADReader(LayoutReader):
     """MVTec AD samples: an RGB image and, for defects, a mask under ground_truth/."""
 
     name = "mvtec_ad"
@@ -30,11 +33,11 @@ class MVTecADReader(MVTec3DReader):
             raise DataError(Path(root) / class_name / split, "does not exist in MVTec AD, which has train/ and test/ only.")
         class_dir = Path(root) / class_name
         split_dir = class_dir / split
-        _require_dir(split_dir, f"the {split} split of an MVTec AD class, holding good/NNN.png (and defect folders in test/)")
+        require_dir(split_dir, f"the {split} split of an MVTec AD class, holding good/NNN.png (and defect folders in test/)")
         type_dirs = [split_dir / GOOD] if split == "train" else sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         records = []
         for type_dir in type_dirs:
-            _require_dir(type_dir, "a folder of PNG images NNN.png")
+            require_dir(type_dir, "a folder of PNG images NNN.png")
             images = sorted(type_dir.glob("*.png"))
             if not images:
                 report(DataError(type_dir, "contains no PNG image.", "Add the images or remove the folder."), skipped)

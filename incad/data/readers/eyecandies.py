@@ -25,17 +25,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from incad.data.mvtec3d import (
-    GOOD,
-    MVTec3DReader,
-    Record,
-    _READ_ERRORS,
-    _REEXPORT_HINT,
-    _require_dir,
-    list_classes,
-    load_mask,
-    report,
-)
+from incad.data.readers.base import GOOD, READ_ERRORS, REEXPORT_HINT, LayoutReader, Record, load_mask, report, require_dir, require_file
+from incad.data.readers.registry import register_reader
 from incad.errors import DataError
 
 FOCAL_LENGTH = 711.11  # pixels; the same camera for every image
@@ -64,37 +55,39 @@ def read_depth_metres(depth_png: Path, info_yaml: Path) -> np.ndarray:
         raise DataError(
             info_yaml, f"has no readable normalization min/max ({err}).", "Restore it from the dataset."
         ) from err
-    if not depth_png.is_file():
-        raise DataError(depth_png, "is missing or not a file.", "Check the dataset folder.")
+    require_file(depth_png)
     try:
         with Image.open(depth_png) as image:
             values = np.asarray(image)
-    except _READ_ERRORS as err:
-        raise DataError(depth_png, f"cannot be read as a depth image ({err}).", _REEXPORT_HINT) from err
+    except READ_ERRORS as err:
+        raise DataError(depth_png, f"cannot be read as a depth image ({err}).", REEXPORT_HINT) from err
     if values.ndim != 2 or values.dtype not in (np.uint16, np.int32):
         raise DataError(
-            depth_png, f"is a {values.dtype} image of shape {values.shape}; Eyecandies depth is a 16-bit grey PNG.", _REEXPORT_HINT
+            depth_png, f"is a {values.dtype} image of shape {values.shape}; Eyecandies depth is a 16-bit grey PNG.", REEXPORT_HINT
         )
     return values.astype(np.float64) / DEPTH_LEVELS * (high - low) + low
 
 
-class EyecandiesReader(MVTec3DReader):
+@register_reader("eyecandies")
+class EyecandiesReader(LayoutReader):
     """Eyecandies samples, with ``image_<light>`` as the RGB image."""
 
     name = "eyecandies"
     splits = {"train": "train", "validation": "val", "test": "test_public"}
+    class_markers = tuple(f"{folder}/data" for folder in splits.values())
 
     def __init__(self, light: int = 4) -> None:
         if light not in LIGHTS:
             raise ValueError(f"light must be one of {list(LIGHTS)}, got {light}")
         self.light = light
 
-    def list_classes(self, root: Path, skipped: list[DataError] | None = None) -> list[str]:
-        return list_classes(root, skipped, markers=tuple(f"{folder}/data" for folder in self.splits.values()))
+    @classmethod
+    def create(cls, light: int) -> EyecandiesReader:
+        return cls(light)
 
     def list_records(self, root: Path, class_name: str, split: str, skipped: list[DataError] | None = None) -> list[Record]:
         data_dir = Path(root) / class_name / self.splits[split] / "data"
-        _require_dir(data_dir, f"the {split} split of an Eyecandies class, holding NNN_image_{self.light}.png files")
+        require_dir(data_dir, f"the {split} split of an Eyecandies class, holding NNN_image_{self.light}.png files")
         suffix = f"_image_{self.light}"
         rgb_files = sorted(path for path in data_dir.glob(f"*{suffix}.png"))
         if not rgb_files:
@@ -121,5 +114,6 @@ class EyecandiesReader(MVTec3DReader):
         return records
 
     def read_points(self, record: Record) -> np.ndarray:
-        info = record.xyz.with_name(record.xyz.name.replace("_depth.png", "_info_depth.yaml"))
-        return back_project(read_depth_metres(record.xyz, info))
+        depth_png = record.points_file
+        info = depth_png.with_name(depth_png.name.replace("_depth.png", "_info_depth.yaml"))
+        return back_project(read_depth_metres(depth_png, info))
