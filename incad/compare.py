@@ -13,7 +13,7 @@ wall time); model size (all parameters, trainable parameters, MB of the
 state dict); peak memory = the process's resident-set high-water mark
 (``VmHWM``) during the combination, reset before it starts by writing 5 to
 ``/proc/self/clear_refs`` (Linux). It therefore includes the interpreter and
-libraries already loaded (~0.5-1 GiB) and the in-memory feature cache; where
+libraries already loaded and the in-memory feature cache; where
 the reset is not permitted the whole-process high-water mark is reported.
 """
 

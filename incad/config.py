@@ -135,7 +135,7 @@ class TrainingConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
-    """How anomaly maps become scores (REFERENCE.md section 3)."""
+    """How anomaly maps become scores: upsampled, Gaussian-smoothed, maximum (see ``incad/evaluation/postprocess.py``)."""
 
     batch_size: int = Field(16, ge=1)
     smoothing_sigma: float = Field(4.0, ge=0)

@@ -147,8 +147,8 @@ def _sort_by_descending_score(maps: np.ndarray, ids: np.ndarray) -> tuple[np.nda
     order, and the index of the last pixel of every run of equal scores, the
     only valid thresholds. The order inside a run of ties is arbitrary, since
     only its end is used. float32 (and smaller) scores are packed with their id
-    into one uint64 key and sorted directly, about 4x faster than an argsort
-    followed by two gathers; float64 scores do not fit and take the argsort.
+    into one uint64 key and sorted directly, faster than an argsort followed by
+    two random-access gathers; float64 scores do not fit and take the argsort.
     """
     if maps.dtype.itemsize <= 4 and ids.dtype.itemsize <= 4:  # ids: bool masks or int32 labels
         # Order-preserving integer of the float32 bits: flip the magnitude bits of

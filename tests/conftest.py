@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny synthetic dataset and a tiny run configuration."""
+"""Shared fixtures: a tiny synthetic dataset, a tiny run configuration and the real MVTec 3D-AD subset.
+
+This is the only place that knows where the real data lies: the cable_gland
+subset ships beside the project (``../shared/data``), not in it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 from incad.data.synthetic import SyntheticConfig, ensure_synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MVTEC3D_MINI = REPO_ROOT.parent / "shared" / "data" / "mvtec3d_mini"
+REAL_DATA = REPO_ROOT.parent / "shared" / "data"
 
 TINY_SYNTHETIC = SyntheticConfig(
     num_classes=4,
@@ -20,6 +24,24 @@ TINY_SYNTHETIC = SyntheticConfig(
     test_defect_per_class=1,
     seed=3,
 )
+
+
+def _real_folder(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real MVTec 3D-AD subset not found at {path}; clone with ../shared beside it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_subset_root() -> Path:
+    """The real cable_gland subset (20 train, 4 validation, 10 test samples); skips the test when it is absent."""
+    return _real_folder(REAL_DATA / "mvtec3d_mini")
+
+
+@pytest.fixture(scope="session")
+def real_extra_root() -> Path:
+    """More real cable_gland samples (60 train, 19 validation); skips the test when they are absent."""
+    return _real_folder(REAL_DATA / "mvtec3d_extra")
 
 
 @pytest.fixture(scope="session")

@@ -67,15 +67,13 @@ def test_limits_keep_the_first_samples_of_each_folder_and_drop_stale_links(two_s
     assert count_samples(merged, "part") == {"train": 2, "validation": 1, "test": 2}
 
 
-@pytest.mark.skipif(
-    not all(source.is_dir() for source in REAL_SOURCES),
-    reason="the real MVTec 3D-AD subsets ../shared/data/mvtec3d_mini and mvtec3d_extra are not present",
-)
-def test_merged_real_subset_is_one_class_of_80_train_23_validation_10_test(tmp_path):
-    before = [folder_fingerprint(source) for source in REAL_SOURCES]
-    merged = link_merged_root(REAL_SOURCES, tmp_path / "merged")
+def test_merged_real_subset_is_one_class_of_80_train_23_validation_10_test(real_subset_root, real_extra_root, tmp_path):
+    sources = (real_subset_root, real_extra_root)
+    assert REAL_SOURCES == sources  # the benchmark's default data is the tests' real subset
+    before = [folder_fingerprint(source) for source in sources]
+    merged = link_merged_root(sources, tmp_path / "merged")
     assert count_samples(merged, "cable_gland") == {"train": 80, "validation": 23, "test": 10}
-    assert [folder_fingerprint(source) for source in REAL_SOURCES] == before
+    assert [folder_fingerprint(source) for source in sources] == before
 
 
 def test_model_specs_expand_to_one_row_per_modality_unless_the_row_sets_one():

@@ -1,7 +1,7 @@
 """Every kind of bad file: ``incad data check`` lists it with its path, a run stops on it or skips and reports it.
 
 The bad files are damaged copies of the tiny synthetic dataset (conftest) in
-tmp_path; the user's (and /work/shared's) files are never touched.
+tmp_path; the user's (and the real subset's) files are never touched.
 """
 
 from __future__ import annotations

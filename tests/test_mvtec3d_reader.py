@@ -1,4 +1,4 @@
-"""The MVTec 3D-AD reader on real files (the cable_gland subset in ../shared/data)."""
+"""The MVTec 3D-AD reader on real files (the cable_gland subset of the ``real_subset_root`` fixture)."""
 
 from __future__ import annotations
 
@@ -12,29 +12,22 @@ from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.readers.base import depth_image, load_xyz
 from incad.data.readers.mvtec3d import MVTEC3D
 
-MINI_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/mvtec3d_mini"
 CLASS = "cable_gland"
 SIZE = 64
 
-pytestmark = pytest.mark.skipif(
-    not (MINI_ROOT / CLASS).is_dir(),
-    reason=f"the real MVTec 3D-AD subset is not at {MINI_ROOT} (it is shipped beside the project, not in it)",
-)
-
-
 @pytest.fixture(scope="module")
-def test_samples() -> list:
-    dataset = AnomalyDetectionDataset(MINI_ROOT, [CLASS], "test", SIZE, {CLASS: 3})
+def test_samples(real_subset_root: Path) -> list:
+    dataset = AnomalyDetectionDataset(real_subset_root, [CLASS], "test", SIZE, {CLASS: 3})
     return [dataset[i] for i in range(len(dataset))]
 
 
-def test_lists_the_class() -> None:
-    assert MVTEC3D.list_classes(MINI_ROOT) == [CLASS]
+def test_lists_the_class(real_subset_root: Path) -> None:
+    assert MVTEC3D.list_classes(real_subset_root) == [CLASS]
 
 
 @pytest.mark.parametrize(("split", "count", "defective"), [("train", 20, 0), ("validation", 4, 0), ("test", 10, 8)])
-def test_record_counts_per_split(split: str, count: int, defective: int) -> None:
-    records = MVTEC3D.list_records(MINI_ROOT, CLASS, split)
+def test_record_counts_per_split(real_subset_root: Path, split: str, count: int, defective: int) -> None:
+    records = MVTEC3D.list_records(real_subset_root, CLASS, split)
     assert len(records) == count
     assert sum(record.label for record in records) == defective
     for record in records:
@@ -43,8 +36,8 @@ def test_record_counts_per_split(split: str, count: int, defective: int) -> None
         assert record.label == (record.defect_type != "good")
 
 
-def test_test_split_has_the_defect_types() -> None:
-    types = {record.defect_type for record in MVTEC3D.list_records(MINI_ROOT, CLASS, "test")}
+def test_test_split_has_the_defect_types(real_subset_root: Path) -> None:
+    types = {record.defect_type for record in MVTEC3D.list_records(real_subset_root, CLASS, "test")}
     assert types == {"good", "bent", "cut", "hole", "thread"}
 
 
@@ -68,8 +61,8 @@ def test_masks_mark_defects_only(test_samples: list) -> None:
             assert sample.mask.sum() == 0, sample.path
 
 
-def test_raw_point_clouds_miss_about_40_percent_of_points() -> None:
-    for record in MVTEC3D.list_records(MINI_ROOT, CLASS, "train") + MVTEC3D.list_records(MINI_ROOT, CLASS, "test"):
+def test_raw_point_clouds_miss_about_40_percent_of_points(real_subset_root: Path) -> None:
+    for record in MVTEC3D.list_records(real_subset_root, CLASS, "train") + MVTEC3D.list_records(real_subset_root, CLASS, "test"):
         points = load_xyz(record.points_file)
         assert points.shape == (400, 400, 3) and points.dtype == np.float32
         no_point = (points == 0).all(axis=-1).mean()
@@ -84,8 +77,8 @@ def test_depth_is_in_unit_range_and_zero_exactly_where_there_is_no_point(test_sa
         assert torch.equal(sample.valid, (sample.xyz != 0).any(dim=0))
 
 
-def test_depth_is_brighter_nearer_to_the_camera() -> None:
-    points = load_xyz(MVTEC3D.list_records(MINI_ROOT, CLASS, "train")[0].points_file)
+def test_depth_is_brighter_nearer_to_the_camera(real_subset_root: Path) -> None:
+    points = load_xyz(MVTEC3D.list_records(real_subset_root, CLASS, "train")[0].points_file)
     valid = (points != 0).any(axis=-1)
     depth = depth_image(points, valid)
     assert depth.dtype == np.float32
@@ -94,8 +87,8 @@ def test_depth_is_brighter_nearer_to_the_camera() -> None:
     assert np.corrcoef(z, depth[valid])[0, 1] < -0.9
 
 
-def test_rgb_only_loading_has_no_3d_fields() -> None:
-    dataset = AnomalyDetectionDataset(MINI_ROOT, [CLASS], "validation", SIZE, {CLASS: 0}, load_xyz=False)
+def test_rgb_only_loading_has_no_3d_fields(real_subset_root: Path) -> None:
+    dataset = AnomalyDetectionDataset(real_subset_root, [CLASS], "validation", SIZE, {CLASS: 0}, load_xyz=False)
     sample = dataset[0]
     assert sample.depth is None and sample.xyz is None and sample.valid is None
     assert dataset.object_ids_per_sample == [0] * 4

@@ -195,7 +195,8 @@ def test_whole_incremental_run_with_patchcore(tiny_run_config, epochs):
     # Base step: 2 classes x 6 images x 64 patches x 0.2 -> 154 entries; each of the 2 steps: 1 class -> 77 more.
     assert result.learner.step_report() == {"bank_size/rgb": 308.0, "bank_size/depth": 308.0}
     final = result.matrices.values["i_auroc"][-1]
-    assert final.shape == (4,) and all(0.0 <= value <= 1.0 for value in final)
+    # No training, a seeded coreset: the same scores at every run (final mean I-AUROC measured 0.667).
+    assert final.shape == (4,) and final.mean() > 0.6, final
     results = json.loads((result.output_dir / "results.json").read_text())
     assert results["summary"] and results["learner_report"] == {"bank_size/rgb": 308.0, "bank_size/depth": 308.0}
     if epochs == 0:

@@ -13,19 +13,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import MVTEC3D_MINI
+from incad.data.preprocess import MANIFEST, PreprocessingConfig, border_mask, fill_holes, preprocess_dataset
 from incad.data.readers.base import load_mask, load_xyz
 from incad.data.readers.mvtec3d import MVTEC3D
-from incad.data.preprocess import MANIFEST, PreprocessingConfig, border_mask, fill_holes, preprocess_dataset
 from incad.errors import DataError
 
 CLASS = "cable_gland"
 STEP = 4  # 400 px -> 100 px: 16x fewer points for DBSCAN
 # BTF's settings, with the DBSCAN radius scaled to the 4x coarser point spacing.
 SETTINGS = PreprocessingConfig(enabled=True, dbscan_eps=0.012, dbscan_min_points=10, workers=1)
-
-pytestmark = pytest.mark.skipif(not (MVTEC3D_MINI / CLASS).is_dir(), reason=f"the real MVTec 3D-AD subset is not at {MVTEC3D_MINI}")
-
 
 def _copy_downsampled(source_folder: Path, target_folder: Path, stem: str) -> None:
     for sub in ("rgb", "xyz", "gt"):
@@ -41,10 +37,10 @@ def _copy_downsampled(source_folder: Path, target_folder: Path, stem: str) -> No
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(real_subset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two train samples, one validation sample and a good and a cut test sample of cable_gland, at 100 px."""
     root = tmp_path_factory.mktemp("mini") / "data"
-    real = MVTEC3D_MINI / CLASS
+    real = real_subset_root / CLASS
     for split, defect, stems in (("train", "good", ["000", "001"]), ("validation", "good", ["000"]), ("test", "good", ["000"]), ("test", "cut", ["000"])):
         for stem in stems:
             _copy_downsampled(real / split / defect, root / CLASS / split / defect, stem)

@@ -150,5 +150,7 @@ def test_one_epoch_run_end_to_end(tiny_run_config):
     result = run_experiment(validate_config(tiny_run_config), show_progress=False)
     i_auroc = result.matrices.values["i_auroc"]
     assert i_auroc.shape == (3, 4)
-    assert all(math.isfinite(v) for v in i_auroc[-1]) and 0 <= result.matrices.final_mean("p_auroc") <= 1
+    assert all(math.isfinite(v) for v in i_auroc[-1])
+    # One epoch already localises the synthetic defects (final mean P-AUROC measured 0.754-0.761, seeds 0-2).
+    assert result.matrices.final_mean("p_auroc") > 0.7
     assert math.isfinite(result.summary["i_auroc/fm"])

@@ -1,8 +1,9 @@
 """From a learner's raw anomaly map to the image-resolution map and image score.
 
 One implementation for every learner, as the papers do it: bilinear upsampling
-to the mask resolution, Gaussian smoothing (sigma 4 by default) and the image
-score as the maximum of the smoothed map (REFERENCE.md section 3).
+to the mask resolution, Gaussian smoothing (sigma 4 by default, PatchCore's
+value: Roth et al., CVPR 2022) and the image score as the maximum of the
+smoothed map.
 """
 
 from __future__ import annotations

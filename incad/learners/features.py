@@ -53,25 +53,25 @@ class ScaledModalityMaps(Learner):
     """A learner that scores each modality on its own and fuses the maps by their pixel-wise maximum.
 
     Subclasses give ``modality_maps(batch)``, one (B, h, w) map per modality;
-    the reconstruction learner's docstring gives the measurements behind max
-    over sum. Two rules keep the image score (the fused map's maximum) about
-    the object, measured on the validation normals of real cable_gland
-    (``benchmarks/diag_image_score.py``):
+    the reconstruction learner's docstring says why max, not sum. Two rules
+    keep the image score (the fused map's maximum) about the object, checked
+    on the validation normals of real cable_gland
+    (``benchmarks/diag_image_score.py``; figures in README, Benchmarks):
 
     - with depth, tokens without 3-D points (``valid_tokens``: the background
       preprocessing removed, holes, the ragged outline) are not scored (0), as
       CFM and Uni-RCM do: reconstruction errors there are of a black or empty
-      input (35 % of the validation normals' maxima lay on such pixels with
-      ``reconstruction``, 9 % after);
+      input, and many of the validation normals' maxima lay on such pixels
+      with ``reconstruction`` before;
     - each modality's map is divided by its normal *image score*, the mean over
       normal training images of the map's maximum over scored tokens
       (``calibrate``, after the epochs of every experience). The mean over all
       tokens, used before, matched the bulk of the two maps, not their tails,
-      and the image score is a tail: one modality won the maximum on 78-100 %
-      of the validation normals (RGB for ``reconstruction``, depth for
-      ``ib_iumad``), 57-61 % after. RLR went the other way (52 % -> 83 % RGB),
-      presumably because its training maps fit tighter than its validation
-      maps (not measured).
+      and the image score is a tail: one modality won the maximum on almost
+      every validation normal (RGB for ``reconstruction``, depth for
+      ``ib_iumad``), the two far more evenly after. RLR went the other way
+      (RGB won more often after), presumably because its training maps fit
+      tighter than its validation maps (not checked).
     """
 
     def __init__(self, modality: str) -> None:

@@ -23,9 +23,8 @@ points per pick:
    cell's maximum is at most its bound); otherwise the next cell is refreshed.
 
 So a pick costs the refresh of the one to three cells at the top instead of
-a pass over all N points. On the 62,720 Lite0 patch features of the real
-cable_gland training images (d = 152, ratio 0.1) the selection is the plain
-loop's and does about a quarter of its distance work, in small products.
+a pass over all N points. On real patch features the selection is the plain
+loop's and does a fraction of its distance work, in small products.
 Distances are computed as ``|x|^2 + |z|^2 - 2 x.z`` (matrix products read
 each point once); in float32 near-ties may resolve differently from another
 formula, in float64 the selection equals the plain loop's.
@@ -33,10 +32,10 @@ formula, in float64 the selection equals the plain loop's.
 ``projection_dim`` selects in a seeded Gaussian random projection of the
 features (as PatchCore does, to cut the per-point cost); that is the one
 approximation, and ``coverage_radius`` measures its effect in the original
-space: on the features above, projecting 152 -> 128 dimensions made the
-coverage radius 16 % worse than exact greedy (anomalib's selection, in its
-sparse projection with eps 0.9, 12 % worse), so the default is no projection.
-``benchmarks/bench_coreset.py`` prints seconds and coverage of each.
+space: on real patch features a projection made the coverage radius clearly
+worse than exact greedy (so did anomalib's sparse projection), so the default
+is no projection. ``benchmarks/bench_coreset.py`` prints seconds and coverage
+of each (figures in README, Benchmarks).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """IUF's incremental update (Tang et al., ECCV 2024) as an Avalanche plugin for any transformer-decoder learner.
 
-As ``REFERENCE.md`` section 1 describes IUF's public code:
+As IUF's public code does it:
 
 - base step: a semantic compression loss. The middle decoder layer's features,
   pooled per sample, fill a rolling buffer of at most ``buffer_samples`` rows
@@ -21,9 +21,9 @@ As ``REFERENCE.md`` section 1 describes IUF's public code:
   after every update all trainable parameters move towards the previous
   step's model by ``ema_alpha`` (0.05).
 
-Where the reference is silent, the choices above (per-sample pooling for the
+Three choices above are ours, not IUF's: per-sample pooling for the
 compression buffer, token rows for the stored features, the EMA applied per
-iteration) are ours.
+iteration.
 """
 
 from __future__ import annotations

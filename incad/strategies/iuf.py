@@ -13,7 +13,7 @@ from incad.strategies.registry import register_strategy
 
 
 class IUFOptions(StrategyOptions):
-    """IUF's values as defaults (REFERENCE.md section 1); ``incremental_lr`` is ours (IUF's is not documented)."""
+    """IUF's values (Tang et al., ECCV 2024, as its public code sets them) as defaults; ``incremental_lr`` is ours (IUF's is not documented)."""
 
     compression_weight: float = Field(10.0, ge=0)
     compression_threshold: float = Field(0.1, gt=0, description="normalised singular values below threshold / channels are penalised")

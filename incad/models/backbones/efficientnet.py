@@ -1,7 +1,8 @@
 """Frozen EfficientNet features at several strides, aligned on one stride-16 grid.
 
-IUF (and IB-IUMAD, built on its code) reconstructs the concatenation of several
-EfficientNet block outputs brought to stride 16 (REFERENCE.md section 1). This
+IUF (Tang et al., ECCV 2024; IB-IUMAD is built on its code) reconstructs the
+concatenation of EfficientNet-B4 blocks 1, 5, 9 and 21 (strides 2, 4, 8, 16;
+272 channels) brought to stride 16, a 14x14 grid at 224 px. This
 module gives the same kind of input for any EfficientNet of ``efficientnet_pytorch``
 and for EfficientNet-Lite0, whose ImageNet weights ship in a pip package and so
 work offline.
@@ -87,7 +88,7 @@ class MultiScaleFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.train(False)
-        # oneDNN's depthwise convolutions are about 1.5x faster on CPU in channels-last layout.
+        # oneDNN's depthwise convolutions run faster on CPU in channels-last layout.
         self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> MultiScaleFeatures:

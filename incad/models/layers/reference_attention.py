@@ -11,8 +11,9 @@ reference of normal patterns, seen through two masks on the token grid:
   value = input tokens, the token's own neighbourhood (itself included) masked
   out, so no token can see its own (possibly anomalous) value.
 
-Uni-RCM's reference-guide block (public code facts in REFERENCE.md section 1)
-uses a learnable reference to gate a cross-modal mapping instead.
+Uni-RCM's reference-guide block (built as Uni-RCM's public code builds it, see
+:class:`ReferenceGuideBlock`) uses a learnable reference to gate a cross-modal
+mapping instead.
 """
 
 from __future__ import annotations
