@@ -112,7 +112,7 @@ def build_strategy(
         train_mb_size=training.batch_size,
         eval_mb_size=config.evaluation.batch_size,
         device=device,
-        plugins=[*strategy_class.plugins(options, learner), *learner.plugins(), *extra_plugins],
+        plugins=[*strategy_class.plugins(options, learner), *extra_plugins],
         grad_clip=training.grad_clip,
         num_workers=training.num_workers,
         evaluator=evaluator,
