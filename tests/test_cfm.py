@@ -15,6 +15,7 @@ from incad.errors import ConfigError
 from incad.learners.cfm import CFMLearner, CFMOptions
 from incad.learners.cfm.loss import mapping_loss
 from incad.learners.features import valid_tokens
+from incad.learners.terms import evaluate_terms
 from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
 from incad.runner import run_experiment
 from training_helpers import losses_over_steps
@@ -63,12 +64,12 @@ def test_anomaly_map_is_zero_on_invalid_tokens_and_unaffected_by_them(tiny_datas
     assert maps.shape == (4, 4, 4)
     assert (maps[:, :2, :2] == 0).all() and (maps[:, 2:, 2:] > 0).all()
     outputs = learner(batch)
-    losses = learner.loss(outputs, batch)
+    losses, _ = evaluate_terms(learner, outputs, batch)
     assert set(losses) == {"mapping/2d_to_3d", "mapping/3d_to_2d"}
     invalid = ~outputs["valid"]
     noisy = dict(outputs)
     noisy["3d/predicted"] = outputs["3d/predicted"] + 50 * invalid[..., None]
-    assert learner.loss(noisy, batch)["mapping/2d_to_3d"].item() == pytest.approx(losses["mapping/2d_to_3d"].item())
+    assert evaluate_terms(learner, noisy, batch)[0]["mapping/2d_to_3d"].item() == pytest.approx(losses["mapping/2d_to_3d"].item())
 
 
 def test_fpfh_features_pooled_per_cell(tiny_dataset):

@@ -15,6 +15,7 @@ from incad.learners.ib_iumad.loss import (
     depth_classifier_term,
     fused_classifier_term,
     fusion_loss,
+    fusion_term,
     information_bottleneck_loss,
     information_bottleneck_term,
     rgb_classifier_term,
@@ -142,6 +143,9 @@ def test_loss_terms_read_the_named_outputs():
         information_bottleneck_term(outputs, batch),
         information_bottleneck_loss(outputs["fusion/fused_logits"], outputs["fusion/bottlenecked_logits"]),
     )
+    features = {"rgb/features": tokens(), "depth/features": tokens(), "fusion/reconstruction": torch.randn(BATCH, TOKENS, 2 * DIM)}
+    target = torch.cat([features["rgb/features"], features["depth/features"]], dim=-1)
+    torch.testing.assert_close(fusion_term(features, batch), fusion_loss(target, features["fusion/reconstruction"]))
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)

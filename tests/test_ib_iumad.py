@@ -1,4 +1,4 @@
-"""IB-IUMAD learner: outputs, ablation switches, plugins, and a short run where every loss term falls."""
+"""IB-IUMAD learner: outputs, ablation switches, declared loss terms, and a short run where every loss term falls."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from incad.resolve import resolve_raw
 from incad.data.sample import collate
 from incad.errors import ConfigError
 from incad.learners.ib_iumad import IBIUMADLearner, IBIUMADOptions
-from incad.plugins import LossTermPlugin
+from incad.learners.terms import evaluate_terms
 
 SMALL = dict(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=3, feedforward_dim=64, mamba_state_dim=4)
 CLASSES = ["dome", "ring"]
+RECONSTRUCTION_TERMS = {"reconstruction/rgb", "reconstruction/depth"}
 
 
 def batch_of(root, n_per_class=3):
@@ -26,7 +27,11 @@ def learner_with(**options) -> IBIUMADLearner:
     return IBIUMADLearner(IBIUMADOptions(**{**SMALL, **options}), modality="rgb+depth", num_objects=2, image_size=64)
 
 
-def test_full_model_outputs_and_plugins(tiny_dataset):
+def term_names(learner: IBIUMADLearner) -> set[str]:
+    return {term.name for term in learner.loss_terms()}
+
+
+def test_full_model_outputs_and_loss_terms(tiny_dataset):
     learner = learner_with()
     batch = batch_of(tiny_dataset)
     outputs = learner(batch)
@@ -34,34 +39,34 @@ def test_full_model_outputs_and_plugins(tiny_dataset):
     assert outputs["rgb/logits"].shape == outputs["depth/logits"].shape == (6, 2)
     assert outputs["fusion/reconstruction"].shape == (6, 16, 2 * channels)
     assert outputs["fusion/fused_logits"].shape == outputs["fusion/bottlenecked_logits"].shape == (6, 2)
-    assert set(learner.loss(outputs, batch)) == {"reconstruction/rgb", "reconstruction/depth", "fusion"}
-    names = {p.name for p in learner.plugins()}
-    assert names == {"classifier/rgb", "classifier/depth", "information_bottleneck", "classifier/fused"}
+    values, _ = evaluate_terms(learner, outputs, batch)
+    assert set(values) == RECONSTRUCTION_TERMS | {"fusion", "classifier/rgb", "classifier/depth", "information_bottleneck", "classifier/fused"}
     learner.eval()
     assert learner.anomaly_map(batch).shape == (6, 4, 4)
 
 
 @pytest.mark.parametrize(
-    "mamba, ibfm, expected_plugins",
+    "mamba, ibfm, expected_terms",
     [
-        (False, True, {"information_bottleneck", "classifier/fused"}),
+        (False, True, {"fusion", "information_bottleneck", "classifier/fused"}),
         (True, False, {"classifier/rgb", "classifier/depth"}),
         (False, False, set()),
     ],
 )
-def test_table5_ablations_remove_their_modules_and_terms(tiny_dataset, mamba, ibfm, expected_plugins):
+def test_table5_ablations_remove_their_modules_and_terms(tiny_dataset, mamba, ibfm, expected_terms):
     learner = learner_with(mamba=mamba, ibfm=ibfm)
     assert hasattr(learner, "mamba_decoders") == mamba
     assert hasattr(learner, "ibfm") == ibfm
-    assert {p.name for p in learner.plugins()} == expected_plugins
+    assert term_names(learner) == RECONSTRUCTION_TERMS | expected_terms
     outputs = learner(batch_of(tiny_dataset))
     assert ("rgb/logits" in outputs) == mamba and ("fusion/reconstruction" in outputs) == ibfm
 
 
 def test_zero_weight_switches_a_term_off_and_single_modality_has_no_ibfm():
-    assert "information_bottleneck" not in {p.name for p in learner_with(information_bottleneck_weight=0).plugins()}
+    assert "information_bottleneck" not in term_names(learner_with(information_bottleneck_weight=0))
+    assert "fusion" not in term_names(learner_with(fusion_weight=0))
     rgb_only = IBIUMADLearner(IBIUMADOptions(**SMALL), modality="rgb", num_objects=2, image_size=64)
-    assert not rgb_only.use_ibfm and {p.name for p in rgb_only.plugins()} == {"classifier/rgb"}
+    assert not rgb_only.use_ibfm and term_names(rgb_only) == {"reconstruction/rgb", "classifier/rgb"}
 
 
 def test_ibfm_refuses_a_layer_count_where_its_two_depths_coincide(tiny_run_config):
@@ -111,15 +116,12 @@ def test_every_loss_term_decreases_in_a_short_run(tiny_dataset):
     as the classifiers learn); phase B then optimises the KL, which must fall."""
     torch.manual_seed(0)
     learner = learner_with(dropout=0.0, bottleneck_dropout=0.0, jitter_scale=5.0)
-    plugins = {p.name: p for p in learner.plugins()}
     batch = batch_of(tiny_dataset)
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=3e-3)
 
     def terms() -> dict[str, torch.Tensor]:
         outputs = learner(batch)
-        values = dict(learner.loss(outputs, batch))
-        values.update({name: p.weight * p.term(outputs, batch) for name, p in plugins.items()})
-        return values
+        return {term.name: term.weight * term.compute(outputs, batch) for term in learner.loss_terms()}
 
     def run(steps: int, optimised: set[str]) -> dict[str, list[float]]:
         history: dict[str, list[float]] = {}

@@ -9,6 +9,7 @@ from incad.data.sample import collate
 from incad.data.dataset import AnomalyDetectionDataset
 from incad.learners.features import valid_tokens
 from incad.learners.reconstruction import ReconstructionLearner, ReconstructionOptions
+from incad.learners.terms import evaluate_terms, total_loss
 
 SMALL = ReconstructionOptions(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=1, feedforward_dim=64)
 
@@ -26,7 +27,7 @@ def test_outputs_losses_and_maps_have_the_documented_shapes(tiny_dataset):
     for modality in ("rgb", "depth"):
         assert outputs[f"{modality}/features"].shape == (4, 16, channels)
         assert outputs[f"{modality}/reconstruction"].shape == (4, 16, channels)
-    losses = learner.loss(outputs, batch)
+    losses, _ = evaluate_terms(learner, outputs, batch)
     assert set(losses) == {"reconstruction/rgb", "reconstruction/depth"}
     assert all(value.item() > 0 for value in losses.values())
     learner.eval()
@@ -36,7 +37,7 @@ def test_outputs_losses_and_maps_have_the_documented_shapes(tiny_dataset):
 def test_gradients_reach_the_reconstructor_and_never_the_backbone(tiny_dataset):
     learner = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
     batch = batch_of(tiny_dataset)
-    sum(learner.loss(learner(batch), batch).values()).backward()
+    total_loss(learner, learner(batch), batch).backward()
     assert all(p.grad is None for p in learner.backbone.parameters())
     grads = [p.grad for p in learner.reconstructors.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
@@ -51,7 +52,7 @@ def test_training_lowers_the_loss(tiny_dataset):
     learner.train()
     first = None
     for _ in range(40):
-        loss = sum(learner.loss(learner(batch), batch).values())
+        loss = total_loss(learner, learner(batch), batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from avalanche.core import SupervisedPlugin
 from incad.data.sample import Batch
 from incad.errors import ConfigError
 from incad.learners.base import Learner
+from incad.plugins.contract import PluginHost, eval_pass
 from incad.plugins.distillation import ReconstructionDistillationPlugin
 from incad.plugins.importance import EWCPlugin, MASPlugin, SynapticIntelligence
 from incad.plugins.iuf import IUFPlugin
@@ -207,6 +209,46 @@ def test_iuf_serves_ib_iumad(tiny_run_config):
     plugin = trained.plugin(IUFPlugin)
     assert len(plugin.output_layers) == 6  # 2 modalities x 3 decoder layers
     assert all(features.shape[1] == 32 for features in plugin.stored_features.values())
+
+
+def test_every_declared_term_and_the_strategy_term_are_logged_by_name(tiny_run_config):
+    """IB-IUMAD's eq. 10 terms and its reconstruction terms all go through the template; EWC's penalty joins from step 1."""
+    trained = train(tiny_run_config, {"name": "ewc"}, learner=IB_IUMAD_SMALL)
+    declared = {term.name for term in trained.strategy.model.loss_terms()}
+    assert declared == {
+        "reconstruction/rgb", "reconstruction/depth", "fusion", "classifier/rgb", "classifier/depth",
+        "information_bottleneck", "classifier/fused",
+    }
+    names_by_step = [{name for exp, terms, _ in trained.recorder.iterations if exp == step for name in terms} for step in range(2)]
+    assert names_by_step == [declared, declared | {"ewc"}]
+
+
+def test_the_template_provides_what_plugins_may_read(tiny_run_config):
+    config = validate_config({**tiny_run_config, "device": "cpu"})
+    strategy = build_strategy(config, build_learner(config, 2), [], torch.device("cpu"))
+    assert all(hasattr(strategy, name) for name in [*PluginHost.__annotations__, "loader"])
+
+
+def test_eval_pass_runs_in_eval_mode_unshuffled_and_restores_the_mode():
+    learner = Learner("rgb")
+    modes_seen: list[bool] = []
+
+    class Item:
+        def to(self, device):
+            modes_seen.append(learner.training)
+            return self
+
+    def loader(batch_size: int, shuffle: bool) -> list[Item]:
+        assert not shuffle
+        return [Item(), Item()]
+
+    host = SimpleNamespace(model=learner, device=torch.device("cpu"), loader=loader)
+    for mode in (True, False):
+        learner.train(mode)
+        with eval_pass(host, batch_size=4) as batches:
+            assert len(list(batches)) == 2
+        assert learner.training == mode
+    assert modes_seen == [False] * 4
 
 
 def test_ib_iumad_with_replay_runs_end_to_end(tiny_run_config):

@@ -13,7 +13,6 @@ from incad.data.sample import collate
 from incad.learners.uni_rcm import UniRCMLearner, UniRCMOptions
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
 from incad.models.layers.residual_quantizer import ResidualQuantizer
-from incad.plugins import LossTermPlugin
 from incad.runner import run_experiment
 from training_helpers import losses_over_steps
 
@@ -86,12 +85,13 @@ def test_fit_stage_fits_then_extends_and_maps_are_zero_off_the_object(tiny_datas
     assert (maps[:, 2:] == 0).all() and (maps[:, :2] > 0).any()
 
 
-def test_mse_term_is_a_plugin_and_a_few_steps_lower_the_loss(tiny_dataset):
+def test_mse_term_is_declared_and_a_few_steps_lower_the_loss(tiny_dataset):
     torch.manual_seed(0)
     learner = UniRCMLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
-    (plugin,) = learner.plugins()
-    assert isinstance(plugin, LossTermPlugin) and plugin.weight == 0.01
-    assert UniRCMLearner(SMALL.model_copy(update={"mse_weight": 0.0}), "rgb+depth", 1, 64).plugins() == []
+    weights = {term.name: term.weight for term in learner.loss_terms()}
+    assert weights == {"mapping/2d_to_3d": 1.0, "mapping/3d_to_2d": 1.0, "mapping/mse": 0.01}
+    without_mse = UniRCMLearner(SMALL.model_copy(update={"mse_weight": 0.0}), "rgb+depth", 1, 64)
+    assert "mapping/mse" not in {term.name for term in without_mse.loss_terms()}
     batch = batch_of(tiny_dataset, n=6)
     losses = losses_over_steps(learner, batch, steps=30)
     assert losses[-1] < 0.5 * losses[0]

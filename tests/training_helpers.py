@@ -1,4 +1,4 @@
-"""A few optimisation steps of a learner on one batch, its core loss and its plugin terms included."""
+"""A few optimisation steps of a learner on one batch, on its whole declared objective."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import torch
 
 from incad.data.sample import Batch
 from incad.learners.base import Learner
+from incad.learners.terms import total_loss
 
 
 def losses_over_steps(learner: Learner, batch: Batch, steps: int, lr: float = 3e-3) -> list[float]:
-    """Total loss at each of ``steps`` Adam steps: ``learner.loss`` terms plus every ``LossTermPlugin`` term, weighted."""
+    """Total loss at each of ``steps`` Adam steps: the weighted sum of every term the learner declares."""
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
-    plugins = learner.plugins()
     learner.train()
     losses = []
     for _ in range(steps):
         outputs = learner(batch)
-        loss = sum(learner.loss(outputs, batch).values()) + sum(p.weight * p.term(outputs, batch) for p in plugins)
+        loss = total_loss(learner, outputs, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

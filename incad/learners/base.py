@@ -4,8 +4,10 @@ The strategy template only relies on this surface, so gradient-trained,
 offline-fitted and mixed learners plug into the same continual loop:
 
 - ``forward(batch)`` computes the training outputs (a dict of named tensors);
-- ``loss(outputs, batch)`` returns the named terms of the learner's core
-  objective (method-specific extra terms are Avalanche plugins);
+- ``loss_terms()`` declares the weighted terms of the whole training
+  objective, core and method-specific alike (:mod:`incad.learners.terms`), so
+  a YAML switches them on, off or reweights them through the learner's
+  options; the strategy template computes, logs and sums them;
 - ``anomaly_map(batch)`` returns a (B, h, w) map, higher = more anomalous, at
   any resolution; evaluation upsamples, smooths and scores it the same way for
   every learner;
@@ -20,9 +22,9 @@ offline-fitted and mixed learners plug into the same continual loop:
   epochs;
 - ``step_report()`` returns figures about the learner's state after a step
   (e.g. memory-bank sizes), which the runner logs with the step's metrics;
-- ``plugins()`` returns the Avalanche plugins of the method's extra loss
-  terms, so a YAML switches them on, off or reweights them through the
-  learner's options and they compose with any strategy;
+- ``decoder_output_projections()`` and ``decoder_middle_layers()`` name the
+  transformer-decoder layers that IUF's update (:mod:`incad.plugins.iuf`)
+  hooks into; a learner without transformer decoders declares none;
 - ``Options`` is the pydantic schema of the learner's YAML options.
 """
 
@@ -31,11 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from avalanche.core import SupervisedPlugin
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
+from incad.learners.terms import LossTerm
 
 MODALITIES_OF = {"rgb": ("rgb",), "depth": ("depth",), "rgb+depth": ("rgb", "depth")}
 
@@ -61,7 +63,7 @@ class Learner(nn.Module):
     def forward(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface
+    def loss_terms(self) -> list[LossTerm]:  # pragma: no cover - interface
         raise NotImplementedError
 
     def anomaly_map(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
@@ -77,8 +79,12 @@ class Learner(nn.Module):
         """Figures about the learner's state after a step, logged by the runner (e.g. bank sizes); none by default."""
         return {}
 
-    def plugins(self) -> list[SupervisedPlugin]:
-        """The Avalanche plugins that add this learner's method-specific loss terms; none by default."""
+    def decoder_output_projections(self) -> list[nn.Linear]:
+        """Every transformer-decoder layer's feed-forward output layer, whose gradients IUF projects; none by default."""
+        return []
+
+    def decoder_middle_layers(self) -> list[nn.Module]:
+        """Each transformer decoder's middle layer, whose features IUF's semantic compression reads; none by default."""
         return []
 
 

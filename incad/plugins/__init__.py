@@ -1,5 +1,1 @@
-"""Avalanche plugins that add method-specific behaviour to any strategy."""
-
-from incad.plugins.loss_term import LossTermPlugin
-
-__all__ = ["LossTermPlugin"]
+"""Avalanche plugins that add method-specific behaviour to any strategy; :mod:`incad.plugins.contract` is what they may read from it."""

@@ -25,8 +25,12 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor
 from torch.func import functional_call
 
+from incad.data.sample import Batch
 from incad.errors import ConfigError
+from incad.learners.base import Learner
+from incad.plugins.contract import PluginHost, eval_mode
 from incad.plugins.parameters import snapshot
+
 
 class ReconstructionDistillationPlugin(SupervisedPlugin):
     """Adds ``weight * MSE(current outputs, previous model's outputs)`` from the second step on."""
@@ -38,7 +42,7 @@ class ReconstructionDistillationPlugin(SupervisedPlugin):
         self.weight = weight
         self.previous: dict[str, Tensor] = {}
 
-    def before_backward(self, strategy, **kwargs) -> None:
+    def before_backward(self, strategy: PluginHost, **kwargs) -> None:
         if not self.previous:
             strategy.loss_terms[self.term_name] = 0.0
             return
@@ -46,20 +50,18 @@ class ReconstructionDistillationPlugin(SupervisedPlugin):
         strategy.loss_terms[self.term_name] = float(value.detach())
         strategy.loss = strategy.loss + self.weight * value
 
-    def distillation(self, learner, outputs: dict[str, Tensor], batch) -> Tensor:
+    def distillation(self, learner: Learner, outputs: dict[str, Tensor], batch: Batch) -> Tensor:
         keys = [key for key, output in outputs.items() if output.requires_grad]
         if not keys:
             raise ConfigError(
                 f"strategy 'lwf' distils the outputs the learner's trainable parameters produce; learner "
                 f"{type(learner).__name__} has none among {sorted(outputs)}. Use another strategy with this learner."
             )
-        with torch.no_grad():
-            learner.eval()
+        with torch.no_grad(), eval_mode(learner):
             previous = functional_call(learner, self.previous, (batch,), strict=False)
-            learner.train()
         return sum(F.mse_loss(outputs[key], previous[key]) for key in keys) / len(keys)
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
+    def after_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         self.previous = snapshot(strategy.model)
 
     def state_dict(self) -> dict[str, Any]:

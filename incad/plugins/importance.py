@@ -6,8 +6,9 @@ are the learner's own terms. So the importance pass is written once here
 (:class:`ImportancePenaltyPlugin`), with the two methods differing only in
 the quantity they differentiate and how a gradient becomes importance:
 
-- EWC: the learner's own loss (sum of ``learner.loss`` terms), importance =
-  squared gradient (empirical Fisher), accumulated online over steps;
+- EWC: the learner's own loss (the weighted sum of its declared terms,
+  :func:`incad.learners.terms.total_loss`), importance = squared gradient
+  (empirical Fisher), accumulated online over steps;
 - MAS: the squared L2 norm of the learner's trainable outputs (MAS is
   unsupervised: the sensitivity of what the model produces), importance =
   absolute gradient, blended ``alpha * previous + (1 - alpha) * current`` as
@@ -31,6 +32,8 @@ from torch import Tensor
 
 from incad.data.sample import Batch
 from incad.learners.base import Learner
+from incad.learners.terms import total_loss
+from incad.plugins.contract import PluginHost, eval_pass
 from incad.plugins.parameters import snapshot, trainable_parameters
 
 
@@ -58,14 +61,14 @@ class ImportancePenaltyPlugin(SupervisedPlugin):
         parameters = trainable_parameters(learner)
         return sum((self.importance[name] * (parameters[name] - anchor).pow(2)).sum() for name, anchor in self.anchor.items())
 
-    def before_backward(self, strategy, **kwargs) -> None:
+    def before_backward(self, strategy: PluginHost, **kwargs) -> None:
         if not self.anchor:
             return
         value = self.penalty(strategy.model)
         strategy.loss_terms[self.term_name] = float(value.detach())
         strategy.loss = strategy.loss + self.weight * value
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
+    def after_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         current = self.estimate_importance(strategy)
         self.importance = {
             name: self.previous_weight * self.importance[name] + self.current_weight * value if name in self.importance else value
@@ -73,22 +76,21 @@ class ImportancePenaltyPlugin(SupervisedPlugin):
         }
         self.anchor = snapshot(strategy.model)
 
-    def estimate_importance(self, strategy) -> dict[str, Tensor]:
+    def estimate_importance(self, strategy: PluginHost) -> dict[str, Tensor]:
         """Mean per-batch importance over the experience's training data, in eval mode."""
         learner = strategy.model
         parameters = trainable_parameters(learner)
         totals = {name: torch.zeros_like(parameter) for name, parameter in parameters.items()}
         batches = 0
-        learner.eval()
-        for batch in strategy.loader(strategy.train_mb_size, shuffle=False):
-            learner.zero_grad(set_to_none=True)
-            self.sensitivity(learner, batch.to(strategy.device)).backward()
-            for name, parameter in parameters.items():
-                if parameter.grad is not None:
-                    totals[name] += self.importance_of(parameter.grad)
-            batches += 1
+        with eval_pass(strategy, strategy.train_mb_size) as device_batches:
+            for batch in device_batches:
+                learner.zero_grad(set_to_none=True)
+                self.sensitivity(learner, batch).backward()
+                for name, parameter in parameters.items():
+                    if parameter.grad is not None:
+                        totals[name] += self.importance_of(parameter.grad)
+                batches += 1
         learner.zero_grad(set_to_none=True)
-        learner.train()
         return {name: total / max(batches, 1) for name, total in totals.items()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -107,7 +109,7 @@ class EWCPlugin(ImportancePenaltyPlugin):
         super().__init__(weight, previous_weight=decay, current_weight=1.0)
 
     def sensitivity(self, learner: Learner, batch: Batch) -> Tensor:
-        return sum(learner.loss(learner(batch), batch).values())
+        return total_loss(learner, learner(batch), batch)
 
     def importance_of(self, gradient: Tensor) -> Tensor:
         return gradient.pow(2)
@@ -149,20 +151,20 @@ class SynapticIntelligence(ImportancePenaltyPlugin):
         self.before_update_values: dict[str, Tensor] = {}
         self.path: dict[str, Tensor] = {}
 
-    def before_training_exp(self, strategy, **kwargs) -> None:
+    def before_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         self.step_start = snapshot(strategy.model)
         self.path = {name: torch.zeros_like(value) for name, value in self.step_start.items()}
 
-    def before_update(self, strategy, **kwargs) -> None:
+    def before_update(self, strategy: PluginHost, **kwargs) -> None:
         self.before_update_values = snapshot(strategy.model)
 
     @torch.no_grad()
-    def after_update(self, strategy, **kwargs) -> None:
+    def after_update(self, strategy: PluginHost, **kwargs) -> None:
         for name, parameter in trainable_parameters(strategy.model).items():
             if parameter.grad is not None:
                 self.path[name] -= parameter.grad * (parameter - self.before_update_values[name])
 
-    def estimate_importance(self, strategy) -> dict[str, Tensor]:
+    def estimate_importance(self, strategy: PluginHost) -> dict[str, Tensor]:
         current = trainable_parameters(strategy.model)
         return {
             name: path.clamp_min(0) / ((current[name].detach() - self.step_start[name]).pow(2) + self.damping)

@@ -1,20 +1,24 @@
 """IUF's incremental update (Tang et al., ECCV 2024) as an Avalanche plugin for any transformer-decoder learner.
 
+The learner names the layers the update hooks into
+(:meth:`incad.learners.base.Learner.decoder_middle_layers` and
+:meth:`incad.learners.base.Learner.decoder_output_projections`).
+
 As IUF's public code does it:
 
-- base step: a semantic compression loss. The middle decoder layer's features,
+- base step: a semantic compression loss. The middle decoder layers' features,
   pooled per sample, fill a rolling buffer of at most ``buffer_samples`` rows
   (earlier batches detached); their singular values, normalised to sum 1, are
   penalised where they fall below ``threshold / C`` (0.1/256 for IUF's 256
   channels), weight 10. It pushes the decoder's features into a low-rank
   subspace, which leaves the other directions free for later objects.
 - after every step: the outputs of each decoder layer's feed-forward output
-  layer (``linear2``) on that step's training data are stored (tokens, at most
+  layer on that step's training data are stored (tokens, at most
   ``feature_rows`` per step, evenly strided), and the right singular vectors
   of everything stored so far give the projection for the next steps.
 - incremental steps: plain SGD (a projected gradient stays projected only
   without Adam's per-coordinate scaling; no momentum, so the optimizer has no
-  state); the gradients of every ``linear2`` are projected in its output
+  state); the gradients of every such output layer are projected in its output
   space, ``g <- g - sum_i (1 - w_i) u_i u_i^T g`` with ``u_i`` the i-th
   singular direction and ``w_i = log(i + 1) / log(C)`` (IUF's weights with
   C = 256): the top direction is removed entirely, weaker ones less and less;
@@ -35,6 +39,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from incad.plugins.contract import PluginHost, eval_pass
 from incad.plugins.parameters import snapshot, trainable_parameters
 
 
@@ -67,7 +72,8 @@ class IUFPlugin(SupervisedPlugin):
 
     def __init__(
         self,
-        decoders: list[nn.TransformerDecoder],
+        output_layers: list[nn.Linear],
+        middle_layers: list[nn.Module],
         compression_weight: float,
         compression_threshold: float,
         buffer_samples: int,
@@ -82,8 +88,8 @@ class IUFPlugin(SupervisedPlugin):
         self.feature_rows = feature_rows
         self.incremental_lr = incremental_lr
         self.ema_alpha = ema_alpha
-        self.output_layers: list[nn.Linear] = [layer.linear2 for decoder in decoders for layer in decoder.layers]
-        self.middle_layers = [decoder.layers[(len(decoder.layers) - 1) // 2] for decoder in decoders]
+        self.output_layers = output_layers
+        self.middle_layers = middle_layers
         self.middle_features: dict[int, Tensor] = {}
         self.compression_buffers: dict[int, Tensor] = {}
         self.collected: dict[int, list[Tensor]] | None = None
@@ -110,14 +116,14 @@ class IUFPlugin(SupervisedPlugin):
         return hook
 
     @staticmethod
-    def incremental(strategy) -> bool:
+    def incremental(strategy: PluginHost) -> bool:
         return strategy.clock.train_exp_counter > 0
 
-    def before_training_exp(self, strategy, **kwargs) -> None:
+    def before_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         if self.incremental(strategy):
             strategy.optimizer = torch.optim.SGD(strategy.model.parameters(), lr=self.incremental_lr)
 
-    def before_backward(self, strategy, **kwargs) -> None:
+    def before_backward(self, strategy: PluginHost, **kwargs) -> None:
         if self.incremental(strategy):
             self.middle_features.clear()  # the compression loss is the base step's only: hold no activations
             return
@@ -133,13 +139,13 @@ class IUFPlugin(SupervisedPlugin):
         strategy.loss_terms[self.term_name] = float(loss.detach())
         strategy.loss = strategy.loss + self.compression_weight * loss
 
-    def before_update(self, strategy, **kwargs) -> None:
+    def before_update(self, strategy: PluginHost, **kwargs) -> None:
         if self.incremental(strategy):
             self.project_gradients()
 
     @torch.no_grad()
     def project_gradients(self) -> None:
-        """Remove from every ``linear2`` gradient its weighted component in the stored feature subspace."""
+        """Remove from every output layer's gradient its weighted component in the stored feature subspace."""
         for index, layer in enumerate(self.output_layers):
             projection = self.projections[index].to(layer.weight.device)
             for parameter in (layer.weight, layer.bias):
@@ -147,24 +153,23 @@ class IUFPlugin(SupervisedPlugin):
                     parameter.grad.copy_(projection @ parameter.grad)
 
     @torch.no_grad()
-    def after_update(self, strategy, **kwargs) -> None:
+    def after_update(self, strategy: PluginHost, **kwargs) -> None:
         if not self.incremental(strategy):
             return
         for name, parameter in trainable_parameters(strategy.model).items():
             parameter.lerp_(self.previous[name].to(parameter.device), self.ema_alpha)
 
     @torch.no_grad()
-    def after_training_exp(self, strategy, **kwargs) -> None:
+    def after_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         self.middle_features.clear()
         self.compression_buffers.clear()
         learner = strategy.model
-        learner.eval()
         self.collected = {index: [] for index in range(len(self.output_layers))}
-        for batch in strategy.loader(strategy.eval_mb_size, shuffle=False):
-            learner(batch.to(strategy.device))
+        with eval_pass(strategy, strategy.eval_mb_size) as batches:
+            for batch in batches:
+                learner(batch)
         new_rows = {index: evenly_strided(torch.cat(rows).cpu(), self.feature_rows) for index, rows in self.collected.items()}
         self.collected = None
-        learner.train()
         for index, rows in new_rows.items():
             stored = self.stored_features.get(index)
             self.stored_features[index] = rows if stored is None else torch.cat([stored, rows])

@@ -20,6 +20,8 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import Tensor
 
+from incad.plugins.contract import PluginHost
+
 
 class CumulativeDataPlugin(SupervisedPlugin):
     """Each step trains on the union of the training data of every step so far.
@@ -28,7 +30,7 @@ class CumulativeDataPlugin(SupervisedPlugin):
     no state and a resumed run trains on the same data.
     """
 
-    def after_train_dataset_adaptation(self, strategy, **kwargs) -> None:
+    def after_train_dataset_adaptation(self, strategy: PluginHost, **kwargs) -> None:
         experience = strategy.experience
         seen = experience.origin_stream[: experience.current_experience + 1]
         strategy.adapted_dataset = concat_datasets([past.dataset for past in seen]).train()
@@ -87,11 +89,11 @@ class ReplayBufferPlugin(ReplayPlugin):
     def __init__(self, buffer: IndexedBalancedBuffer, batch_size_mem: int | None = None) -> None:
         super().__init__(mem_size=buffer.max_size, batch_size_mem=batch_size_mem, storage_policy=buffer)
 
-    def before_training_exp(self, strategy, **kwargs) -> None:
+    def before_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         self.storage_policy.stream = strategy.experience.origin_stream
         super().before_training_exp(strategy, **kwargs)
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
+    def after_training_exp(self, strategy: PluginHost, **kwargs) -> None:
         """Avalanche's own hook calls the storage policy's deprecated ``update``; call ``post_adapt`` directly."""
         self.storage_policy.post_adapt(strategy, strategy.experience)
 

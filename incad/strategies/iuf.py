@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import Field
-from torch import nn
 
 from incad.errors import ConfigError
 from incad.learners.base import Learner
@@ -31,11 +30,11 @@ class IUF(Strategy):
 
     @classmethod
     def plugins(cls, options: IUFOptions, learner: Learner) -> list[IUFPlugin]:
-        decoders = [module for module in learner.modules() if isinstance(module, nn.TransformerDecoder)]
-        if not decoders:
+        output_layers = learner.decoder_output_projections()
+        if not output_layers:
             raise ConfigError(
-                f"strategy 'iuf' projects the gradients of transformer decoder layers' feed-forward output (linear2), "
-                f"but learner {type(learner).__name__} has no nn.TransformerDecoder; use learner reconstruction or ib_iumad, "
-                "or another strategy"
+                f"strategy 'iuf' projects the gradients of transformer decoder layers' feed-forward output, "
+                f"but learner {type(learner).__name__} declares none (no nn.TransformerDecoder); use learner reconstruction "
+                "or ib_iumad, or another strategy"
             )
-        return [IUFPlugin(decoders, **options.model_dump())]
+        return [IUFPlugin(output_layers, learner.decoder_middle_layers(), **options.model_dump())]

@@ -44,7 +44,7 @@ def create_strategy(
         train_mb_size=training.batch_size,
         eval_mb_size=run.config.evaluation.batch_size,
         device=device,
-        plugins=[*run.strategy.factory.plugins(run.strategy.options, learner), *learner.plugins(), *extra_plugins],
+        plugins=[*run.strategy.factory.plugins(run.strategy.options, learner), *extra_plugins],
         grad_clip=training.grad_clip,
         num_workers=training.num_workers,
         evaluator=evaluator,

@@ -12,9 +12,11 @@ plugin system, but:
   experience's training data (offline stages such as codebooks), and after
   them its ``calibrate`` (gradient-free statistics of the trained learner);
   a learner with no trainable parameter (a memory bank) runs no epoch;
-- ``criterion`` is the sum of the learner's own loss terms; method-specific
-  terms are added by plugins (they add to ``strategy.loss``) and recorded in
-  ``loss_terms`` for logging.
+- ``criterion`` is the weighted sum of the loss terms the learner declares
+  (:mod:`incad.learners.terms`), each recorded by name in ``loss_terms`` for
+  logging; strategy plugins add their own terms to ``strategy.loss`` and
+  record them there too. What plugins may read from the template is
+  :class:`incad.plugins.contract.PluginHost`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from torch.utils.data import DataLoader
 
 from incad.data.sample import Batch, collate
 from incad.learners.base import Learner
+from incad.learners.terms import evaluate_terms
+from incad.plugins.contract import eval_pass
 
 
 class AnomalyDetectionTemplate(SupervisedTemplate):
@@ -97,9 +101,8 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
     @torch.no_grad()
     def _run_offline_stage(self, stage) -> None:
         """Run a learner's gradient-free stage (``fit`` or ``calibrate``) on this experience's data, in eval mode."""
-        self.model.eval()
-        stage(batch.to(self.device) for batch in self.loader(self.eval_mb_size, shuffle=False))
-        self.model.train()
+        with eval_pass(self, self.eval_mb_size) as batches:
+            stage(batches)
 
     def _unpack_minibatch(self) -> None:
         self.mbatch = self.mbatch.to(self.device)
@@ -112,9 +115,9 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
     def criterion(self) -> Tensor:
         if not self.is_training:
             return self._make_empty_loss()
-        terms = self.model.loss(self.mb_output, self.mbatch)
-        self.loss_terms = {name: float(value.detach()) for name, value in terms.items()}
-        return sum(terms.values())
+        values, total = evaluate_terms(self.model, self.mb_output, self.mbatch)
+        self.loss_terms = {name: float(value.detach()) for name, value in values.items()}
+        return total
 
     def optimizer_step(self) -> None:
         if self.grad_clip is not None:

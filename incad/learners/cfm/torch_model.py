@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from incad.data.sample import Batch
 from incad.learners.base import Learner, LearnerOptions, modality_input
-from incad.learners.cfm.loss import mapping_loss
+from incad.learners.cfm.loss import mapping_2d_to_3d_term, mapping_3d_to_2d_term
 from incad.learners.features import frozen_features, require_rgb_and_depth, valid_tokens
 from incad.learners.registry import register_learner
+from incad.learners.terms import LossTerm
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
 from incad.models.backbones.registry import create_backbone
@@ -109,12 +110,9 @@ class CFMLearner(Learner):
             "valid": valid_tokens(batch, self.grid),
         }
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        valid = outputs["valid"]
-        return {
-            "mapping/2d_to_3d": mapping_loss(outputs["3d/predicted"], outputs["3d/features"], valid),
-            "mapping/3d_to_2d": mapping_loss(outputs["2d/predicted"], outputs["2d/features"], valid),
-        }
+    def loss_terms(self) -> list[LossTerm]:
+        """1 - cos of both mapping directions, weight 1."""
+        return [LossTerm("mapping/2d_to_3d", 1.0, mapping_2d_to_3d_term), LossTerm("mapping/3d_to_2d", 1.0, mapping_3d_to_2d_term)]
 
     def anomaly_map(self, batch: Batch) -> Tensor:
         outputs = self.forward(batch)

@@ -1,13 +1,14 @@
-"""IB-IUMAD's losses (eq. 3, 8, 9) and their ``LossTermPlugin`` terms.
+"""IB-IUMAD's losses (eq. 3, 8, 9) and the terms of eq. 10 built from them.
 
 The pure functions take tensors; the ``*_term`` functions have the
-``term(outputs, batch)`` signature of :class:`incad.plugins.loss_term.LossTermPlugin`
+``compute(outputs, batch)`` signature of :class:`incad.learners.terms.LossTerm`
 and read the learner's named outputs, so each term of eq. 10 can be switched on
 and weighted (lambda_1..4) from the YAML.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -72,6 +73,12 @@ def fused_classifier_term(outputs: dict[str, Tensor], batch: Batch) -> Tensor:
     label information.
     """
     return classifier_loss(outputs["fusion/fused_logits"], batch.object_id)
+
+
+def fusion_term(outputs: dict[str, Tensor], batch: Batch) -> Tensor:
+    """lambda_3 term of eq. 10: eq. 9 between F^g mapped back to feature space and the RGB and depth features."""
+    target = torch.cat([outputs["rgb/features"], outputs["depth/features"]], dim=-1)
+    return fusion_loss(target, outputs["fusion/reconstruction"])
 
 
 def information_bottleneck_term(outputs: dict[str, Tensor], batch: Batch) -> Tensor:

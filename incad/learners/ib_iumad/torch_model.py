@@ -43,7 +43,6 @@ Choices where the paper is silent, written down:
 
 from __future__ import annotations
 
-import torch
 from pydantic import model_validator
 from torch import Tensor, nn
 
@@ -52,14 +51,14 @@ from incad.learners.ib_iumad.fusion import FusionName, InformationBottleneckFusi
 from incad.learners.ib_iumad.loss import (
     depth_classifier_term,
     fused_classifier_term,
-    fusion_loss,
+    fusion_term,
     information_bottleneck_term,
     rgb_classifier_term,
 )
 from incad.learners.reconstruction.torch_model import ReconstructionLearner, ReconstructionOptions
 from incad.learners.registry import register_learner
+from incad.learners.terms import LossTerm
 from incad.models.layers import LabelClassifier, MambaDecoder
-from incad.plugins import LossTermPlugin
 
 # Eq. 4 fuses f^rec2 and f^rec4: the MRN states after decoder layer 2 and after the last (4th) layer.
 FUSED_EARLY_LAYER = 2
@@ -148,30 +147,24 @@ class IBIUMADLearner(ReconstructionLearner):
             outputs["fusion/reconstruction"] = self.fusion_head(fused["bottlenecked"])
         return outputs
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        terms = super().loss(outputs, batch)
-        if self.use_ibfm and self.options.fusion_weight > 0:
-            target = torch.cat([outputs[f"{m}/features"] for m in self.modalities], dim=-1)
-            terms["fusion"] = self.options.fusion_weight * fusion_loss(target, outputs["fusion/reconstruction"])
-        return terms
-
     def compared_features(self, outputs: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         if not self.use_ibfm:
             return super().compared_features(outputs)
         parts = outputs["fusion/reconstruction"].chunk(len(self.modalities), dim=-1)
         return {m: (outputs[f"{m}/features"], part) for m, part in zip(self.modalities, parts)}
 
-    def plugins(self) -> list[LossTermPlugin]:
-        """Eq. 3's classifier terms (lambda_1, lambda_2) and eq. 8's IB term (lambda_4), when switched on."""
+    def loss_terms(self) -> list[LossTerm]:
+        """The MRN reconstruction MSEs, then eq. 10's terms in the order fusion (lambda_3), classifiers
+        (lambda_1, lambda_2), IB (lambda_4), and the fused classifier; each only when switched on."""
         options = self.options
-        plugins = []
+        terms = super().loss_terms()
+        if self.use_ibfm and options.fusion_weight > 0:
+            terms.append(LossTerm("fusion", options.fusion_weight, fusion_term))
         if options.mamba:
             weights = {"rgb": options.rgb_classifier_weight, "depth": options.depth_classifier_weight}
-            plugins += [
-                LossTermPlugin(f"classifier/{m}", CLASSIFIER_TERMS[m], weights[m]) for m in self.modalities if weights[m] > 0
-            ]
+            terms += [LossTerm(f"classifier/{m}", weights[m], CLASSIFIER_TERMS[m]) for m in self.modalities if weights[m] > 0]
         if self.use_ibfm and options.information_bottleneck_weight > 0:
-            plugins.append(LossTermPlugin("information_bottleneck", information_bottleneck_term, options.information_bottleneck_weight))
+            terms.append(LossTerm("information_bottleneck", options.information_bottleneck_weight, information_bottleneck_term))
         if self.use_ibfm and options.fused_classifier_weight > 0:
-            plugins.append(LossTermPlugin("classifier/fused", fused_classifier_term, options.fused_classifier_weight))
-        return plugins
+            terms.append(LossTerm("classifier/fused", options.fused_classifier_weight, fused_classifier_term))
+        return terms

@@ -71,6 +71,7 @@ from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.cfm.torch_model import FPFH_SCALE
 from incad.learners.features import ScaledModalityMaps, frozen_features, valid_tokens
 from incad.learners.registry import register_learner
+from incad.learners.terms import LossTerm
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.efficientnet import MultiScaleFeatures
 from incad.models.backbones.fpfh import FPFH_DIM, fpfh_grid_features
@@ -187,9 +188,9 @@ class PatchCoreLearner(ScaledModalityMaps):
         """The patch tokens of each modality (there is no training output: the bank is fitted, not trained)."""
         return {f"{m}/features": self.features(batch, m)[0] for m in self.modalities}
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss_terms(self) -> list[LossTerm]:
         """No loss: PatchCore has no trainable parameter, so the strategy runs no epoch for it."""
-        return {}
+        return []
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:

@@ -19,6 +19,7 @@ than sum on every synthetic class tried; README, Benchmarks).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,8 +28,9 @@ from torch import Tensor, nn
 from incad.data.sample import Batch
 from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.features import ScaledModalityMaps, cosine_distance, frozen_features
-from incad.learners.reconstruction.loss import reconstruction_loss
+from incad.learners.reconstruction.loss import reconstruction_term
 from incad.learners.registry import register_learner
+from incad.learners.terms import LossTerm
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.registry import create_backbone
 from incad.models.layers import feature_jitter, sine_position_embedding_2d
@@ -133,11 +135,18 @@ class ReconstructionLearner(ScaledModalityMaps):
             outputs[f"{modality}/reconstruction"] = self.reconstructors[modality](noisy)
         return outputs
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {
-            f"reconstruction/{m}": reconstruction_loss(outputs[f"{m}/reconstruction"], outputs[f"{m}/features"])
-            for m in self.modalities
-        }
+    def loss_terms(self) -> list[LossTerm]:
+        """One reconstruction MSE per modality, weight 1."""
+        return [LossTerm(f"reconstruction/{m}", 1.0, partial(reconstruction_term, modality=m)) for m in self.modalities]
+
+    def decoder_output_projections(self) -> list[nn.Linear]:
+        """Each decoder layer's feed-forward output layer (``linear2``), modality by modality, layer by layer."""
+        return [layer.linear2 for m in self.modalities for layer in self.reconstructors[m].decoder.layers]
+
+    def decoder_middle_layers(self) -> list[nn.Module]:
+        """Each modality's middle decoder layer (the lower middle for an even layer count), as IUF reads it."""
+        decoders = [self.reconstructors[m].decoder for m in self.modalities]
+        return [decoder.layers[(len(decoder.layers) - 1) // 2] for decoder in decoders]
 
     def compared_features(self, outputs: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """Per modality, the (features, reconstruction) pair whose distance is the anomaly map."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from incad.data.sample import Batch
 from incad.learners.features import cosine_distance
 
 
@@ -24,3 +25,8 @@ def token_error(reconstruction: Tensor, features: Tensor, with_mse: bool = True)
 def reconstruction_loss(reconstruction: Tensor, features: Tensor) -> Tensor:
     """Eq. 14 for one level: the token error averaged over tokens and the batch."""
     return token_error(reconstruction, features).mean()
+
+
+def level_reconstruction_term(outputs: dict[str, Tensor], batch: Batch, key: str) -> Tensor:
+    """Eq. 14 for the branch ``key`` (modality and level), read from the learner's named outputs."""
+    return reconstruction_loss(outputs[f"{key}/reconstruction"], outputs[f"{key}/features"])

@@ -34,6 +34,7 @@ Choices the paper and its public code leave open, written down:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Literal
 
 import torch
@@ -45,7 +46,8 @@ from incad.data.sample import Batch
 from incad.learners.base import LearnerOptions, modality_input
 from incad.learners.features import ScaledModalityMaps, frozen_features
 from incad.learners.registry import register_learner
-from incad.learners.rlr.loss import reconstruction_loss, token_error
+from incad.learners.rlr.loss import level_reconstruction_term, token_error
+from incad.learners.terms import LossTerm
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.efficientnet import align_to_grid
 from incad.models.backbones.registry import create_backbone
@@ -143,9 +145,10 @@ class RLRLearner(ScaledModalityMaps):
                 outputs[f"{key}/reconstruction"] = self.reconstructors[key](noisy)
         return outputs
 
-    def loss(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss_terms(self) -> list[LossTerm]:
+        """Eq. 14 per modality and level, weight 1."""
         keys = [self._key(m, level) for m in self.modalities for level in self.options.levels]
-        return {f"rlr/{key}": reconstruction_loss(outputs[f"{key}/reconstruction"], outputs[f"{key}/features"]) for key in keys}
+        return [LossTerm(f"rlr/{key}", 1.0, partial(level_reconstruction_term, key=key)) for key in keys]
 
     def modality_maps(self, batch: Batch) -> dict[str, Tensor]:
         """Per modality, the level scores on the stride-8 grid averaged over levels (eq. 16): (B, h, w)."""

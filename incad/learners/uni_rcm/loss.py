@@ -1,4 +1,4 @@
-"""Uni-RCM's loss terms: CFM's 1 - cos (core) and a small MSE on valid tokens (a plugin)."""
+"""Uni-RCM's extra loss term: a small MSE on valid tokens next to CFM's 1 - cos."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 - Mapping nets (2-D -> 3-D and 3-D -> 2-D): :class:`ReferenceGuidedMapping`,
   Linear + LayerNorm + 2-D position embedding, ``num_blocks`` reference-guide
   blocks sharing one learnable reference, a Linear head. Loss: 1 - cos over
-  valid tokens (core) plus ``mse_weight`` (0.01) x MSE, the latter a
-  :class:`LossTermPlugin`.
+  valid tokens plus ``mse_weight`` (0.01) x MSE.
 - Residual quantizer, one per modality (:class:`ResidualQuantizer`): cascaded
   k-means codebooks of the frozen normal features of valid tokens, level 1 on
   L2-normalised features, later levels on residuals; the error is the final
@@ -39,10 +38,10 @@ from incad.data.sample import Batch
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
 from incad.learners.features import cosine_distance, valid_tokens
 from incad.learners.registry import register_learner
+from incad.learners.terms import LossTerm
 from incad.learners.uni_rcm.loss import mapping_mse_term
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
 from incad.models.layers.residual_quantizer import ResidualQuantizer
-from incad.plugins import LossTermPlugin
 
 
 class UniRCMOptions(CFMOptions):
@@ -80,11 +79,12 @@ class UniRCMLearner(CFMLearner):
     def build_mapping(self, in_channels: int, out_channels: int) -> nn.Module:
         return ReferenceGuidedMapping(in_channels, out_channels, self.grid, self.options.hidden_dim, self.options.num_blocks)
 
-    def plugins(self) -> list[LossTermPlugin]:
-        """The public code's 0.01 x MSE next to 1 - cos; ``mse_weight: 0`` switches it off."""
-        if self.options.mse_weight <= 0:
-            return []
-        return [LossTermPlugin("mapping/mse", mapping_mse_term, self.options.mse_weight)]
+    def loss_terms(self) -> list[LossTerm]:
+        """CFM's 1 - cos terms, then the public code's 0.01 x MSE; ``mse_weight: 0`` switches the latter off."""
+        terms = super().loss_terms()
+        if self.options.mse_weight > 0:
+            terms.append(LossTerm("mapping/mse", self.options.mse_weight, mapping_mse_term))
+        return terms
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:
