@@ -224,8 +224,8 @@ def test_every_declared_term_and_the_strategy_term_are_logged_by_name(tiny_run_c
 
 
 def test_the_template_provides_what_plugins_may_read(tiny_run_config):
-    config = validate_config({**tiny_run_config, "device": "cpu"})
-    strategy = build_strategy(config, build_learner(config, 2), [], torch.device("cpu"))
+    run = resolve_raw({**tiny_run_config, "device": "cpu"})
+    strategy = create_strategy(run, create_learner(run, 2), [], torch.device("cpu"))
     assert all(hasattr(strategy, name) for name in [*PluginHost.__annotations__, "loader"])
 
 
