@@ -70,7 +70,7 @@ def train(raw: dict, strategy, learner: dict | None = None) -> Trained:
         raw["learner"] = learner
     run = resolve_raw(raw)
     seed_everything(run.config.seed)
-    scenario = run.strategy.factory.adapt_scenario(build_scenario(run.config, prepare_data(run.config).root))
+    scenario = run.strategy.factory.adapt_scenario(build_scenario(run.config, prepare_data(run.config)))
     recorder = Recorder()
     strategy = create_strategy(run, create_learner(run, len(scenario.class_order)), [recorder], torch.device("cpu"))
     for experience in scenario.benchmark.train_stream:
