@@ -133,15 +133,20 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise DataError(path, f"cannot be read as an image ({err}).", REEXPORT_HINT) from err
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A ground-truth mask as H x W bool: any non-zero value (a defect id) is a defect."""
+def read_pixels(path: str | Path, kind: str) -> np.ndarray:
+    """The pixel values of an image file as stored; a missing or unreadable file is a DataError naming it as ``kind``."""
     path = Path(path)
     require_file(path)
     try:
         with Image.open(path) as image:
-            values = np.asarray(image)
+            return np.asarray(image)
     except READ_ERRORS as err:
-        raise DataError(path, f"cannot be read as a mask image ({err}).", REEXPORT_HINT) from err
+        raise DataError(path, f"cannot be read as {kind} ({err}).", REEXPORT_HINT) from err
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth mask as H x W bool: any non-zero value (a defect id) is a defect."""
+    values = read_pixels(path, "a mask image")
     return values.any(axis=-1) if values.ndim == 3 else values != 0
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
-from incad.data.readers.base import GOOD, READ_ERRORS, REEXPORT_HINT, LayoutReader, Record, load_mask, report, require_dir, require_file
+from incad.data.readers.base import GOOD, REEXPORT_HINT, LayoutReader, Record, load_mask, read_pixels, report, require_dir
 from incad.data.readers.registry import register_reader
 from incad.errors import DataError
 
@@ -55,12 +54,7 @@ def read_depth_metres(depth_png: Path, info_yaml: Path) -> np.ndarray:
         raise DataError(
             info_yaml, f"has no readable normalization min/max ({err}).", "Restore it from the dataset."
         ) from err
-    require_file(depth_png)
-    try:
-        with Image.open(depth_png) as image:
-            values = np.asarray(image)
-    except READ_ERRORS as err:
-        raise DataError(depth_png, f"cannot be read as a depth image ({err}).", REEXPORT_HINT) from err
+    values = read_pixels(depth_png, "a depth image")
     if values.ndim != 2 or values.dtype not in (np.uint16, np.int32):
         raise DataError(
             depth_png, f"is a {values.dtype} image of shape {values.shape}; Eyecandies depth is a 16-bit grey PNG.", REEXPORT_HINT
