@@ -54,6 +54,7 @@ class DatasetConfig(StrictModel):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     on_bad_sample: Literal["error", "skip"] = "error"
+    shots: int | None = Field(None, ge=1, description="few-shot: normal training samples per class, drawn with the run's seed; absent = all")
     light: int = Field(4, ge=0, le=5, description="Eyecandies: which of image_0..5 is the RGB image")
     cache_dir: Path | None = None  # generated/preprocessed data and disk features; default $INCAD_DATA_DIR or .cache/incad/data
 

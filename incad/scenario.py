@@ -29,6 +29,7 @@ class Scenario:
     class_order: list[str]
     step_classes: list[list[str]]
     skipped: list[str] = field(default_factory=list)  # bad samples left out (dataset.on_bad_sample: skip)
+    shot_samples: dict[str, list[str]] = field(default_factory=dict)  # dataset.shots: each class's training samples
 
     @property
     def num_steps(self) -> int:
@@ -64,7 +65,10 @@ def build_scenario(config: RunConfig, prepared: PreparedDataset) -> Scenario:
     object_ids = {name: index for index, name in enumerate(order)}
     step_classes = config.scenario.step_classes(order)
 
+    shot_samples: dict[str, list[str]] = {}
+
     def experience(classes: list[str], split: str) -> AvalancheDataset:
+        few_shot = split == "train" and config.dataset.shots is not None
         dataset = prepared.split(
             classes,
             split,
@@ -72,11 +76,16 @@ def build_scenario(config: RunConfig, prepared: PreparedDataset) -> Scenario:
             load_xyz=config.scenario.modality != "rgb",
             image_size=config.dataset.image_size,
             on_bad_sample=config.dataset.on_bad_sample,
+            shots=config.dataset.shots if few_shot else None,
+            shot_seed=config.seed,
         )
         skipped.extend(str(problem) for problem in dataset.skipped or [])
+        if few_shot:
+            for record in dataset.records:
+                shot_samples.setdefault(record.class_name, []).append(str(record.rgb.relative_to(prepared.root)))
         # collate_fn travels with every subset and concatenation, so Avalanche's own loaders (replay) build Batch objects too.
         return AvalancheDataset([dataset], data_attributes=[DataAttribute(dataset.object_ids_per_sample, "targets")], collate_fn=collate)
 
     train = [experience(classes, "train") for classes in step_classes]
     test = [experience(classes, "test") for classes in step_classes]
-    return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes, skipped)
+    return Scenario(benchmark_from_datasets(train=train, test=test), order, step_classes, skipped, shot_samples)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from incad.data.readers.base import LayoutReader, OnBadSample, Record, depth_image
 from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.sample import Sample
+from incad.data.shots import draw_shots
 from incad.errors import ConfigError, DataError
 
 
@@ -36,6 +37,8 @@ class AnomalyDetectionDataset(Dataset):
     ``reader`` picks the folder layout. With ``on_bad_sample="skip"`` every
     sample is read once up front and the bad ones are left out and listed in
     ``skipped``; with ``"error"`` the first bad file raises its DataError.
+    ``shots`` keeps that many samples per class, drawn with ``shot_seed``
+    among the readable ones (:mod:`incad.data.shots`).
     """
 
     def __init__(
@@ -48,6 +51,8 @@ class AnomalyDetectionDataset(Dataset):
         load_xyz: bool = True,
         reader: LayoutReader = MVTEC3D,
         on_bad_sample: OnBadSample = "error",
+        shots: int | None = None,
+        shot_seed: int = 0,
     ) -> None:
         unknown = [name for name in class_names if name not in object_ids]
         if unknown:
@@ -71,6 +76,8 @@ class AnomalyDetectionDataset(Dataset):
                 )
         if self.skipped is not None:
             records = [record for record in records if self._readable(record)]
+        if shots is not None:
+            records = draw_shots(records, shots, shot_seed, self.root)
         self.records = records
         self.object_ids_per_sample = [object_ids[record.class_name] for record in self.records]
 

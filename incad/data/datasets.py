@@ -70,8 +70,10 @@ class PreparedDataset:
         load_xyz: bool,
         image_size: int,
         on_bad_sample: OnBadSample = "error",
+        shots: int | None = None,
+        shot_seed: int = 0,
     ) -> AnomalyDetectionDataset:
-        """The samples of ``classes`` in ``split``; point clouds only if the layout has them."""
+        """The samples of ``classes`` in ``split``; point clouds only if the layout has them; ``shots`` per class if given."""
         if load_xyz and not self.reader.has_points:
             raise ConfigError(f"scenario.modality: dataset '{self.reader.name}' has RGB images only; use scenario.modality: rgb")
         return AnomalyDetectionDataset(
@@ -83,6 +85,8 @@ class PreparedDataset:
             load_xyz=load_xyz,
             reader=self.reader,
             on_bad_sample=on_bad_sample,
+            shots=shots,
+            shot_seed=shot_seed,
         )
 
 

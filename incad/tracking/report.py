@@ -28,8 +28,12 @@ def write_run_report(
     classes: list[str],
     skipped: list[str],
     learner_report: dict[str, float],
+    shot_samples: dict[str, list[str]],
 ) -> list[Path]:
-    """The step x object CSVs, the per-class plot, the skipped list and ``results.json``; returns their paths."""
+    """The step x object CSVs, the per-class plot, the skipped list and ``results.json``; returns their paths.
+
+    ``shot_samples`` (few-shot runs) lists each class's training samples, relative to the dataset root.
+    """
     summary = matrices.summary()
     artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
     artifacts += report_skipped(skipped, output_dir)
@@ -41,5 +45,7 @@ def write_run_report(
         "skipped_samples": skipped,
         "learner_report": learner_report,
     }
+    if shot_samples:
+        results["shot_samples"] = shot_samples
     results_path.write_text(json.dumps(results, indent=2))
     return [*artifacts, results_path]
