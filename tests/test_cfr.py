@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from training_helpers import losses_over_steps
 
 from incad.config import validate_config
 from incad.data.dataset import AnomalyDetectionDataset
@@ -17,7 +18,6 @@ from incad.learners.features import valid_tokens
 from incad.learners.terms import evaluate_terms
 from incad.resolve import resolve
 from incad.runner import run_experiment
-from training_helpers import losses_over_steps
 
 SMALL = CFROptions(hidden_dim=32, max_memory_per_step=40)
 
