@@ -32,6 +32,7 @@ TINY_OPTIONS: dict[str, dict] = {
     "ib_iumad": {"hidden_dim": 32, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 3, "feedforward_dim": 64, "mamba_state_dim": 4},
     "rlr": {"hidden_dims": [16, 16], "num_blocks": 1, "num_heads": 2, "feedforward_ratio": 2, "windows": [3, 3]},
     "cfm": {"hidden_dim": 32},
+    "cfr": {"hidden_dim": 32, "max_memory_per_step": 64},
     "patchcore": {"coreset_ratio": 0.25},
     "uni_rcm": {"hidden_dim": 32, "num_blocks": 1, "codes_per_fit_2d": 16, "codes_per_fit_3d": 8, "quantizer_levels": 3},
 }
