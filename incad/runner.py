@@ -149,8 +149,9 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
                 register_step_model(config, learner, scenario.class_order, matrices, step, seen)
             manifest.record(step)
             save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
+        summary = matrices.summary()
         artifacts = write_run_report(
-            output_dir, matrices, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
+            output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
         )
-        tracker.log_final(matrices, matrices.summary(), artifacts)
-    return RunResult(config, scenario, matrices, matrices.summary(), step_seconds, output_dir, tracker.run_id, learner)
+        tracker.log_final(matrices, summary, artifacts)
+    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)

@@ -24,6 +24,7 @@ def report_skipped(skipped: list[str], output_dir: Path) -> list[Path]:
 def write_run_report(
     output_dir: Path,
     matrices: ResultMatrices,
+    summary: dict[str, float],
     step_seconds: list[float],
     classes: list[str],
     skipped: list[str],
@@ -34,7 +35,6 @@ def write_run_report(
 
     ``shot_samples`` (few-shot runs) lists each class's training samples, relative to the dataset root.
     """
-    summary = matrices.summary()
     artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
     artifacts += report_skipped(skipped, output_dir)
     results_path = output_dir / "results.json"

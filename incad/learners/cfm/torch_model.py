@@ -21,8 +21,10 @@ Choices written down:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from incad.data.sample import Batch
@@ -99,6 +101,19 @@ class CFMLearner(Learner):
         keys = [f"{p}|fpfh" for p in batch.path]
         maps = frozen_features(fpfh_grid_features, self.fpfh_cache, batch.xyz, keys) / FPFH_SCALE
         return features_2d, maps.flatten(2).transpose(1, 2)
+
+    def paired_valid_tokens(self, batches: Iterable[Batch], purpose: str) -> tuple[Tensor, Tensor]:
+        """(N, C2d) and (N, C3d) frozen features of every valid token of ``batches``, row i of both from the same cell, on the CPU."""
+        collected_2d, collected_3d = [], []
+        for batch in batches:
+            features_2d, features_3d = self.features(batch)
+            valid = valid_tokens(batch, self.grid)
+            collected_2d.append(features_2d[valid].cpu())
+            collected_3d.append(features_3d[valid].cpu())
+        tokens_2d, tokens_3d = torch.cat(collected_2d), torch.cat(collected_3d)
+        if len(tokens_2d) == 0:
+            raise ValueError(f"{type(self).__name__}: the experience's training images have no valid token to {purpose}")
+        return tokens_2d, tokens_3d
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         features_2d, features_3d = self.features(batch)

@@ -130,15 +130,7 @@ class CFRLearner(CFMLearner):
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Append (at most ``max_memory_per_step``) paired valid tokens of this experience to the crossmodal memory."""
-        collected_2d, collected_3d = [], []
-        for batch in batches:
-            features_2d, features_3d = self.features(batch)
-            valid = valid_tokens(batch, self.grid)
-            collected_2d.append(features_2d[valid].cpu())
-            collected_3d.append(features_3d[valid].cpu())
-        tokens_2d, tokens_3d = torch.cat(collected_2d), torch.cat(collected_3d)
-        if len(tokens_2d) == 0:
-            raise ValueError("cfr: the experience's training images have no valid token to fill the crossmodal memory with")
+        tokens_2d, tokens_3d = self.paired_valid_tokens(batches, "fill the crossmodal memory with")
         generator = torch.Generator().manual_seed(self.options.seed + 1000 * int(self.memory_steps))
         chosen = torch.randperm(len(tokens_2d), generator=generator)[: self.options.max_memory_per_step].sort().values
         self.memory_2d = torch.cat([self.memory_2d, tokens_2d[chosen].to(self.memory_2d)])

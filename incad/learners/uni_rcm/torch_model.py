@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from incad.data.sample import Batch
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
-from incad.learners.features import cosine_distance, valid_tokens
+from incad.learners.features import cosine_distance
 from incad.learners.registry import register_learner
 from incad.learners.terms import LossTerm
 from incad.learners.uni_rcm.loss import mapping_mse_term
@@ -89,15 +89,7 @@ class UniRCMLearner(CFMLearner):
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:
         """Fit (first experience) or extend (later ones) both codebooks on this experience's valid tokens."""
-        collected_2d, collected_3d = [], []
-        for batch in batches:
-            features_2d, features_3d = self.features(batch)
-            valid = valid_tokens(batch, self.grid)
-            collected_2d.append(features_2d[valid].cpu())
-            collected_3d.append(features_3d[valid].cpu())
-        tokens_2d, tokens_3d = torch.cat(collected_2d), torch.cat(collected_3d)
-        if len(tokens_2d) == 0:
-            raise ValueError("uni_rcm: the experience's training images have no valid token to fit the codebooks on")
+        tokens_2d, tokens_3d = self.paired_valid_tokens(batches, "fit the codebooks on")
         generator = torch.Generator().manual_seed(self.options.seed + int(self.quantizer_2d.fits))
         chosen = torch.randperm(len(tokens_2d), generator=generator)[: self.options.fit_tokens]
         device = self.quantizer_2d.codebook_0.device
