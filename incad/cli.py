@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
         from incad.tracking.mlflow_tracker import resolve_tracking_uri
 
         uri = resolve_tracking_uri(config.tracking.tracking_uri)
-        print(f"MLflow run {result.mlflow_run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+        browse = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+        print(f"MLflow run {result.mlflow_run_id} in {uri}; browse with: {browse}")
     return 0
 
 
