@@ -78,8 +78,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from incad.compare import run_comparison
+    from incad.compare import RayOptions, run_comparison
 
+    if args.executor != "ray" and (args.address or args.cpus_per_run is not None or args.gpus_per_run is not None):
+        raise IncadError("--address, --cpus-per-run and --gpus-per-run go with --executor ray")
+    ray_options = RayOptions(args.address, args.cpus_per_run if args.cpus_per_run is not None else 1.0, args.gpus_per_run or 0.0)
     comparison = run_comparison(
         args.scenario,
         strategies=_names(args.strategies),
@@ -87,9 +90,14 @@ def _compare(args: argparse.Namespace) -> int:
         seeds=[int(seed) for seed in _names(args.seeds)] if args.seeds else None,
         overrides=args.set,
         show_progress=not args.no_progress,
+        executor=args.executor,
+        ray_options=ray_options,
     )
     print(comparison.table_markdown)
     print(f"\nTable, plots and per-run outputs in {comparison.output_dir}")
+    if comparison.failures:
+        print(f"{len(comparison.failures)} combination(s) failed (the 'failed' column; tracebacks above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -165,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the scenario's seed)")
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value of every run")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.add_argument("--executor", default="local", choices=["local", "ray"], help="local: one combination after another here; ray: each a Ray task")
+    compare.add_argument("--address", default=None, help="with --executor ray: 'auto' or the Ray cluster address (default: start a local Ray)")
+    compare.add_argument("--cpus-per-run", type=float, default=None, help="with --executor ray: CPUs each combination reserves (default 1)")
+    compare.add_argument("--gpus-per-run", type=float, default=None, help="with --executor ray: GPUs each combination reserves (default 0)")
     compare.set_defaults(handler=_compare)
 
     predict = commands.add_parser("predict", help="score images with a registered model")

@@ -15,12 +15,21 @@ state dict); peak memory = the process's resident-set high-water mark
 ``/proc/self/clear_refs`` (Linux). It therefore includes the interpreter and
 libraries already loaded and the in-memory feature cache; where
 the reset is not permitted the whole-process high-water mark is reported.
+
+Executors: ``local`` runs the combinations one after another in this
+process; ``ray`` runs each as a Ray task (``ray.init`` with ``address``, or a
+local Ray on this machine's cores without one) with ``cpus_per_run`` CPUs and
+``gpus_per_run`` GPUs, logging to the same tracking store as a nested run of
+the parent, which stays in this process. Both return the same outcomes, so
+the table and plots do not depend on the executor. A combination that raises
+is reported in the table (``failed`` column) and the others still run.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +38,18 @@ import mlflow
 import numpy as np
 
 from incad.config import RunConfig, load_config
-from incad.errors import ConfigError
+from incad.errors import ConfigError, IncadError
 from incad.evaluation.results import METRICS, ResultMatrices
 from incad.metrics import average_per_step
 from incad.paths import path_within, safe_name
 from incad.resolve import ResolvedRun, resolve
 from incad.runner import run_experiment
-from incad.tracking.mlflow_tracker import open_tracking_store
+from incad.tracking.mlflow_tracker import open_tracking_store, resolve_tracking_uri
 from incad.tracking.plots import plot_heatmaps, plot_metric_vs_step
+from incad.writable import SERVER_PREFIXES, require_answering_server
 
 STRATEGY_PRESETS = Path("strategies")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -64,10 +75,30 @@ class CombinationRun:
 
 
 @dataclass
+class CombinationFailure:
+    """A combination that raised: which one and why, in one line (the traceback goes to the log)."""
+
+    learner: str
+    strategy: str
+    seed: int
+    error: str
+
+
+@dataclass
+class RayOptions:
+    """Where and with what each combination runs on Ray: ``address`` None starts a local Ray."""
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+
+
+@dataclass
 class Comparison:
-    """The grid's runs, the aggregated rows and where the table and plots were written."""
+    """The grid's runs, the failed combinations, the aggregated rows and where the table and plots were written."""
 
     runs: list[CombinationRun]
+    failures: list[CombinationFailure]
     rows: list[dict]
     table_markdown: str
     output_dir: Path
@@ -117,11 +148,11 @@ def combination_run(scenario: Path, strategy: str, learner: str | None, seed: in
     return label, resolve(config.model_copy(update={"name": name}), source=str(scenario))
 
 
-def run_combination(label: str, run: ResolvedRun, show_progress: bool) -> CombinationRun:
+def run_combination(label: str, run: ResolvedRun, show_progress: bool, parent_run_id: str | None = None) -> CombinationRun:
     config = run.config
     gc.collect()
     reset_peak_rss()
-    result = run_experiment(run, show_progress=show_progress)
+    result = run_experiment(run, show_progress=show_progress, parent_run_id=parent_run_id)
     state = result.learner.state_dict()
     return CombinationRun(
         learner=config.learner.name,
@@ -139,13 +170,93 @@ def run_combination(label: str, run: ResolvedRun, show_progress: bool) -> Combin
     )
 
 
-def aggregate(runs: list[CombinationRun]) -> list[dict]:
-    """One row per (learner, strategy): mean and std over seeds of every figure."""
+def attempt_combination(label: str, run: ResolvedRun, show_progress: bool, parent_run_id: str | None) -> CombinationRun | CombinationFailure:
+    """:func:`run_combination`, or the failure it raised: one combination's error must not lose the grid."""
+    try:
+        return run_combination(label, run, show_progress, parent_run_id)
+    except Exception as exc:
+        logging.getLogger("incad").error("incad compare: %s failed", run.config.name, exc_info=True)
+        return combination_failure(label, run, exc)
+
+
+def combination_failure(label: str, run: ResolvedRun, exc: BaseException) -> CombinationFailure:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return CombinationFailure(run.config.learner.name, label, run.config.seed, f"{type(exc).__name__}: {first_line}")
+
+
+def _attempt_on_ray_worker(label: str, run: ResolvedRun, parent_run_id: str | None, threads: int) -> CombinationRun | CombinationFailure:
+    """The Ray task: a worker process is reused across tasks, so it takes its CPU share for torch each time."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return attempt_combination(label, run, False, parent_run_id)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'incad[distributed]'") from None
+    return ray
+
+
+def run_grid_on_ray(grid: list[tuple[str, ResolvedRun]], parent_run_id: str | None, options: RayOptions) -> list[CombinationRun | CombinationFailure]:
+    """Every combination as a Ray task; a task that Ray itself loses (a dead worker) is reported as that combination's failure.
+
+    A local Ray started here is shut down at the end; a Ray this process was
+    already connected to is left as it is.
+    """
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=options.address, include_dashboard=False)
+    try:
+        task = ray.remote(_attempt_on_ray_worker).options(num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0)
+        threads = max(1, int(options.cpus_per_run))
+        futures = [task.remote(label, run, parent_run_id, threads) for label, run in grid]
+        outcomes: list[CombinationRun | CombinationFailure] = []
+        for (label, run), future in zip(grid, futures):
+            try:
+                outcomes.append(ray.get(future))
+            except ray.exceptions.RayError as exc:
+                outcomes.append(combination_failure(label, run, exc))
+        return outcomes
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_grid(
+    grid: list[tuple[str, ResolvedRun]], executor: str, show_progress: bool, parent_run_id: str | None, ray_options: RayOptions | None
+) -> list[CombinationRun | CombinationFailure]:
+    """The outcome of every combination, in grid order, whichever executor ran it."""
+    if executor == "local":
+        return [attempt_combination(label, run, show_progress, parent_run_id) for label, run in grid]
+    return run_grid_on_ray(grid, parent_run_id, ray_options or RayOptions())
+
+
+def aggregate(runs: list[CombinationRun], failures: list[CombinationFailure] | None = None) -> list[dict]:
+    """One row per (learner, strategy): mean and std over seeds of every figure.
+
+    With failures, every row gets a ``failed`` cell (``s<seed>: <error>`` per
+    failed seed); a (learner, strategy) whose every seed failed is a row of
+    ``seeds`` 0 and empty figures.
+    """
     groups: dict[tuple[str, str], list[CombinationRun]] = {}
+    failed: dict[tuple[str, str], list[CombinationFailure]] = {}
     for run in runs:
         groups.setdefault((run.learner, run.strategy), []).append(run)
+    for failure in failures or []:
+        groups.setdefault((failure.learner, failure.strategy), [])
+        failed.setdefault((failure.learner, failure.strategy), []).append(failure)
     rows = []
     for (learner, strategy), members in groups.items():
+        if not members:
+            row = {"learner": learner, "strategy": strategy, "seeds": 0}
+            row.update({key: float("nan") for key in figure_columns()})
+            row["failed"] = failed_cell(failed[learner, strategy])
+            rows.append(row)
+            continue
         figures: dict[str, list[float]] = {}
         for run in members:
             for name in METRICS:
@@ -162,14 +273,29 @@ def aggregate(runs: list[CombinationRun]) -> list[dict]:
         row["parameters_m"] = members[0].parameters / 1e6
         row["trainable_parameters_m"] = members[0].trainable_parameters / 1e6
         row["megabytes"] = members[0].megabytes
+        if failures:
+            row["failed"] = failed_cell(failed.get((learner, strategy), []))
         rows.append(row)
     return rows
+
+
+def figure_columns() -> list[str]:
+    """The numeric columns of a row, in the order :func:`aggregate` writes them."""
+    keys = [key for name in METRICS for key in (name, f"{name}_fm")] + ["train_seconds", "peak_rss_gib"]
+    return [f"{key}_{stat}" for key in keys for stat in ("mean", "std")] + ["parameters_m", "trainable_parameters_m", "megabytes"]
+
+
+def failed_cell(failures: list[CombinationFailure]) -> str:
+    return "; ".join(f"s{failure.seed}: {failure.error}" for failure in failures)
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The comparison as a markdown table; ``mean ± std`` where there is more than one seed."""
     metric_columns = [(name, label) for name, label in METRICS.items()] + [(f"{name}_fm", f"FM {label}") for name, label in METRICS.items()]
     header = ["learner", "strategy", "seeds", *(label for _, label in metric_columns), "train s", "params M (trainable)", "MB", "peak RSS GiB"]
+    with_failures = any("failed" in row for row in rows)
+    if with_failures:
+        header.append("failed")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(row: dict, key: str, digits: int) -> str:
@@ -181,7 +307,10 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         cells = [row["learner"], row["strategy"], str(row["seeds"])]
         cells += [cell(row, key, 3) for key, _ in metric_columns]
-        cells += [cell(row, "train_seconds", 1), f"{row['parameters_m']:.2f} ({row['trainable_parameters_m']:.2f})", f"{row['megabytes']:.1f}", cell(row, "peak_rss_gib", 2)]
+        size = f"{row['parameters_m']:.2f} ({row['trainable_parameters_m']:.2f})" if row["seeds"] else "-"
+        cells += [cell(row, "train_seconds", 1), size, f"{row['megabytes']:.1f}" if row["seeds"] else "-", cell(row, "peak_rss_gib", 2)]
+        if with_failures:
+            cells.append(row["failed"].replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,8 +341,12 @@ def run_comparison(
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
     show_progress: bool = True,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> Comparison:
-    """Run every (learner, strategy, seed) of the grid and write the comparison."""
+    """Run every (learner, strategy, seed) of the grid with ``executor`` (see the module docstring) and write the comparison."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}")
     overrides = list(overrides or [])
     base = load_config(scenario, overrides=overrides)
     # Every cell is validated before the first one runs: a typo fails at once, not after hours.
@@ -228,21 +361,27 @@ def run_comparison(
     tracking = base.tracking
     parent_run_id = None
     if tracking.enabled:
-        open_tracking_store(tracking.tracking_uri, tracking.experiment)
+        uri = resolve_tracking_uri(tracking.tracking_uri)
+        if uri.startswith(SERVER_PREFIXES):
+            require_answering_server(uri)
+        open_tracking_store(uri, tracking.experiment)
         parent = mlflow.start_run(run_name=f"{base.name}-compare")
         parent_run_id = parent.info.run_id
         mlflow.log_params({"strategies": ",".join(strategies), "learners": ",".join(learners or [base.learner.name]), "seeds": ",".join(map(str, seeds or [base.seed]))})
     try:
-        runs = [run_combination(label, run, show_progress) for label, run in grid]
-        rows = aggregate(runs)
+        outcomes = run_grid(grid, executor, show_progress, parent_run_id, ray_options)
+        runs = [outcome for outcome in outcomes if isinstance(outcome, CombinationRun)]
+        failures = [outcome for outcome in outcomes if isinstance(outcome, CombinationFailure)]
+        rows = aggregate(runs, failures)
         table = markdown_table(rows)
         markdown_path = output_dir / "comparison.md"
         markdown_path.write_text(table + "\n")
         files = [markdown_path, write_csv(rows, output_dir / "comparison.csv")]
-        per_metric = {name: seed_mean_matrices(runs, name) for name in METRICS}
-        curves = {label: {name: average_per_step(per_metric[name][label][0]) for name in METRICS} for label in per_metric["i_auroc"]}
-        files.append(plot_metric_vs_step(curves, output_dir / "metric_vs_step.png"))
-        files.append(plot_heatmaps(per_metric["i_auroc"], "I-AUROC", output_dir / "heatmap_i_auroc.png"))
+        if runs:
+            per_metric = {name: seed_mean_matrices(runs, name) for name in METRICS}
+            curves = {label: {name: average_per_step(per_metric[name][label][0]) for name in METRICS} for label in per_metric["i_auroc"]}
+            files.append(plot_metric_vs_step(curves, output_dir / "metric_vs_step.png"))
+            files.append(plot_heatmaps(per_metric["i_auroc"], "I-AUROC", output_dir / "heatmap_i_auroc.png"))
         if tracking.enabled:
             for path in files:
                 mlflow.log_artifact(str(path))
@@ -251,6 +390,6 @@ def run_comparison(
             mlflow.end_run(status="FAILED")
         raise
     if tracking.enabled:
-        mlflow.end_run()
-    return Comparison(runs, rows, table, output_dir, files, parent_run_id)
+        mlflow.end_run(status="FINISHED" if runs else "FAILED")
+    return Comparison(runs, failures, rows, table, output_dir, files, parent_run_id)
 

@@ -87,7 +87,12 @@ def build_evaluator(matrices: ResultMatrices, config: RunConfig) -> EvaluationPl
 
 
 def run_experiment(
-    run: ResolvedRun | RunConfig, show_progress: bool = True, resume: bool = False, extra_plugins: tuple = (), force: bool = False
+    run: ResolvedRun | RunConfig,
+    show_progress: bool = True,
+    resume: bool = False,
+    extra_plugins: tuple = (),
+    force: bool = False,
+    parent_run_id: str | None = None,
 ) -> RunResult:
     """Train step by step; after every step evaluate all classes seen so far, log, checkpoint and register.
 
@@ -97,6 +102,7 @@ def run_experiment(
     without it, the checkpoints that runs of that name wrote are removed (see
     :mod:`incad.run_folder`). The folder is locked for the whole run;
     ``force`` runs without the lock. ``extra_plugins`` are added to the strategy.
+    ``parent_run_id`` nests the MLflow run under that run (``incad compare``).
     """
     if isinstance(run, RunConfig):
         run = resolve(run)
@@ -104,10 +110,10 @@ def run_experiment(
     output_dir = path_within(config.output_dir, config.name)
     require_writable_outputs(config)
     with locked_run_folder(output_dir, force):
-        return _run_in_folder(run, output_dir, show_progress, resume, extra_plugins)
+        return _run_in_folder(run, output_dir, show_progress, resume, extra_plugins, parent_run_id)
 
 
-def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple) -> RunResult:
+def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple, parent_run_id: str | None) -> RunResult:
     config = run.config
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
@@ -136,7 +142,7 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
         first_step, resume_run_id, step_seconds = restored.step + 1, restored.mlflow_run_id, restored.step_seconds
     else:
         manifest.clear()
-    with MlflowTracker(config, resume_run_id=resume_run_id) as tracker:
+    with MlflowTracker(config, resume_run_id=resume_run_id, parent_run_id=parent_run_id) as tracker:
         benchmark = scenario.benchmark
         for step in range(first_step, scenario.num_steps):
             started = time.perf_counter()

@@ -1,7 +1,7 @@
 """MLflow tracking of a run: params, step-level figures, final summary, matrices and plots.
 
-One MLflow run per scenario (nested under an active parent run, e.g. of
-``incad compare``). The per-class metrics (``<metric>/<class>``,
+One MLflow run per scenario (nested under an active parent run, or under a
+parent given by id, e.g. of ``incad compare``). The per-class metrics (``<metric>/<class>``,
 ``<metric>/mean``, ``<metric>/fm`` at ``step`` = experience index) come from
 the Avalanche metrics through :class:`incad.tracking.mlflow_logger.MlflowLogger`;
 this module logs the rest. A resumed run reopens its MLflow run by id and
@@ -104,10 +104,11 @@ def log_metrics_once(values: dict[str, float], step: int) -> None:
 class MlflowTracker:
     """Context manager around one MLflow run; every method is a no-op when tracking is disabled."""
 
-    def __init__(self, config: RunConfig, resume_run_id: str | None = None) -> None:
+    def __init__(self, config: RunConfig, resume_run_id: str | None = None, parent_run_id: str | None = None) -> None:
         self.config = config
         self.enabled = config.tracking.enabled
         self.run_id: str | None = resume_run_id
+        self.parent_run_id = parent_run_id
 
     def __enter__(self) -> "MlflowTracker":
         if self.enabled:
@@ -118,7 +119,8 @@ class MlflowTracker:
                 mlflow.start_run(run_id=self.run_id, nested=nested)
                 return self
             open_tracking_store(tracking.tracking_uri, tracking.experiment)
-            run = mlflow.start_run(run_name=self.config.tracking.run_name or self.config.name, nested=nested)
+            # A parent given by id (``incad compare`` on Ray: the parent run lives in another process) makes this a nested run too.
+            run = mlflow.start_run(run_name=self.config.tracking.run_name or self.config.name, nested=nested, parent_run_id=self.parent_run_id)
             self.run_id = run.info.run_id
             mlflow.log_params(flatten(self.config.model_dump(mode="json")))
         return self
