@@ -44,6 +44,10 @@ def _run(args: argparse.Namespace) -> int:
     run = load_run(args.scenario, overrides=args.set, strategy_file=args.strategy)
     config = run.config
     result = run_experiment(run, show_progress=not args.no_progress, resume=args.resume, force=args.force)
+    from incad.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 reports
+        return 0
     split = config.scenario
     print(
         f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "

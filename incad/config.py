@@ -130,6 +130,8 @@ class TrainingConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
+    # false: the training data in dataset order every epoch (e.g. a torchrun run and a one-process run then see the same global batches)
+    shuffle: bool = True
     # Where a learner's frozen-backbone feature cache lives: in memory for the run, or on disk
     # (memory-mapped, reused across runs; <dataset cache_dir>/features). Learners switch caching off themselves.
     feature_cache: Literal["memory", "disk"] = "memory"

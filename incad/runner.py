@@ -15,6 +15,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from incad.checkpoint import resume_latest, save_checkpoint
 from incad.config import RunConfig
 from incad.data.datasets import PreparedDataset, cache_root, prepare_dataset
+from incad.distributed import barrier, from_main_process, init_from_environment, is_main_process, main_process_first, rank_device, world_size
 from incad.errors import ConfigError
 from incad.evaluation.avalanche_metrics import AnomalyDetectionMetrics, ForgettingMeasureMetric
 from incad.evaluation.results import ResultMatrices
@@ -103,23 +104,38 @@ def run_experiment(
     :mod:`incad.run_folder`). The folder is locked for the whole run;
     ``force`` runs without the lock. ``extra_plugins`` are added to the strategy.
     ``parent_run_id`` nests the MLflow run under that run (``incad compare``).
+    Under ``torchrun`` every process runs this; rank 0 alone locks, logs,
+    registers and checkpoints (see :mod:`incad.distributed`).
     """
     if isinstance(run, RunConfig):
         run = resolve(run)
     config = run.config
+    init_from_environment(config.seed, resolve_device(config.device))
+    if config.training.batch_size % world_size():
+        raise ConfigError(f"training.batch_size {config.training.batch_size} is the global batch: it must divide by the {world_size()} processes")
     output_dir = path_within(config.output_dir, config.name)
+    if not is_main_process():
+        return _run_in_folder(run, output_dir, False, resume, extra_plugins, parent_run_id)
     require_writable_outputs(config)
     with locked_run_folder(output_dir, force):
         return _run_in_folder(run, output_dir, show_progress, resume, extra_plugins, parent_run_id)
+
+
+def without_tracking(config: RunConfig) -> RunConfig:
+    """``config`` for a torchrun rank other than 0: it logs and registers nothing."""
+    return config.model_copy(update={"tracking": config.tracking.model_copy(update={"enabled": False})})
 
 
 def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resume: bool, extra_plugins: tuple, parent_run_id: str | None) -> RunResult:
     config = run.config
     if config.tracking.registry.enabled and not config.tracking.enabled:
         raise ConfigError("tracking.registry.enabled needs tracking.enabled: true (the registry lives in the MLflow tracking store)")
+    main = is_main_process()
+    tracked = config if main else without_tracking(config)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
-    run = run.with_data(prepare_data(config, show_progress))
+    device = rank_device(resolve_device(config.device))
+    with main_process_first():
+        run = run.with_data(prepare_data(config, show_progress))
     built = build_scenario(config, run.data)
     scenario = run.strategy.factory.adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
@@ -130,7 +146,7 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
     plugins: list = list(extra_plugins)
     if show_progress:
         plugins.append(ProgressBarPlugin(["+".join(classes) for classes in scenario.step_classes]))
-    strategy = create_strategy(run, learner, plugins, device, evaluator=build_evaluator(matrices, config))
+    strategy = create_strategy(run, learner, plugins, device, evaluator=build_evaluator(matrices, tracked))
     manifest = CheckpointManifest(output_dir)
     checkpoints = manifest.checkpoints
     config_json = config.model_dump(mode="json")
@@ -140,24 +156,29 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
         manifest.refuse_foreign()
         restored = resume_latest(checkpoints, strategy, matrices, config_json)
         first_step, resume_run_id, step_seconds = restored.step + 1, restored.mlflow_run_id, restored.step_seconds
-    else:
+    elif main:
         manifest.clear()
-    with MlflowTracker(config, resume_run_id=resume_run_id, parent_run_id=parent_run_id) as tracker:
+    with MlflowTracker(tracked, resume_run_id=resume_run_id, parent_run_id=parent_run_id) as tracker:
         benchmark = scenario.benchmark
         for step in range(first_step, scenario.num_steps):
             started = time.perf_counter()
             strategy.train(benchmark.train_stream[step])
             step_seconds.append(time.perf_counter() - started)
-            strategy.eval(benchmark.test_stream[: step + 1])
-            tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms, **learner.step_report()})
-            if config.tracking.registry.enabled:
-                seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
-                register_step_model(config, learner, scenario.class_order, matrices, step, seen)
-            manifest.record(step)
-            save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
+            if main:  # every test sample once, by one process; the other ranks take its matrices
+                strategy.eval(benchmark.test_stream[: step + 1])
+            matrices.values.update(from_main_process(matrices.values))
+            if main:
+                tracker.log_step(step, {"train_seconds": step_seconds[-1], **strategy.loss_terms, **learner.step_report()})
+                if config.tracking.registry.enabled:
+                    seen = [name for classes in scenario.step_classes[: step + 1] for name in classes]
+                    register_step_model(config, learner, scenario.class_order, matrices, step, seen)
+                manifest.record(step)
+                save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
+            barrier()
         summary = matrices.summary()
-        artifacts = write_run_report(
-            output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
-        )
-        tracker.log_final(matrices, summary, artifacts)
-    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)
+        if main:
+            artifacts = write_run_report(
+                output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
+            )
+            tracker.log_final(matrices, summary, artifacts)
+    return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, from_main_process(tracker.run_id), learner)

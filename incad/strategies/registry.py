@@ -13,6 +13,7 @@ import torch
 from avalanche.core import BasePlugin
 from avalanche.training.plugins import EvaluationPlugin
 
+from incad.distributed import world_size
 from incad.learners.base import Learner
 from incad.registry import Registry
 from incad.strategies.base import Strategy
@@ -41,7 +42,8 @@ def create_strategy(
         learner=learner,
         optimizer=optimizer,
         train_epochs=training.epochs,
-        train_mb_size=training.batch_size,
+        train_mb_size=training.batch_size // world_size(),  # the global batch, split over torchrun's processes
+        shuffle=training.shuffle,
         eval_mb_size=run.config.evaluation.batch_size,
         device=device,
         plugins=[*run.strategy.factory.plugins(run.strategy.options, learner), *extra_plugins],

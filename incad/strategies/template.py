@@ -12,6 +12,10 @@ plugin system, but:
   experience's training data (offline stages such as codebooks), and after
   them its ``calibrate`` (gradient-free statistics of the trained learner);
   a learner with no trainable parameter (a memory bank) runs no epoch;
+- under ``torchrun`` (:mod:`incad.distributed`) each rank trains on its shard
+  of the experience through Avalanche's ``SingleDatasetDataLoader`` with the
+  learner wrapped by ``DistributedHelper.wrap_model`` (DDP); the offline
+  stages read the whole experience on every rank and end with rank 0's state;
 - ``criterion`` is the weighted sum of the loss terms the learner declares
   (:mod:`incad.learners.terms`), each recorded by name in ``loss_terms`` for
   logging; strategy plugins add their own terms to ``strategy.loss`` and
@@ -24,6 +28,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
 from avalanche.core import BasePlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
@@ -31,6 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from incad.data.sample import Batch, collate
+from incad.distributed import is_distributed, sync_state_from_main, wrap_for_training
 from incad.learners.base import Learner
 from incad.learners.terms import evaluate_terms
 from incad.plugins.contract import eval_pass
@@ -52,6 +58,7 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         grad_clip: float | None = None,
         num_workers: int = 0,
         evaluator: EvaluationPlugin | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__(
             model=learner,
@@ -65,7 +72,9 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         )
         self.grad_clip = grad_clip
         self.num_workers = num_workers
+        self.shuffle = shuffle
         self.loss_terms: dict[str, float] = {}
+        self.data_parallel: torch.nn.Module | None = None  # the DDP wrapper of the learner under torchrun, made at the first training
 
     @property
     def mb_x(self) -> Batch:
@@ -77,7 +86,12 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         return self.mbatch.object_id
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs) -> None:
-        self.dataloader = self.loader(self.train_mb_size, shuffle)
+        if is_distributed():  # this rank's shard (Avalanche's DistributedSampler); train_mb_size is already the per-rank batch
+            self.dataloader = SingleDatasetDataLoader(
+                self.adapted_dataset, batch_size=self.train_mb_size, shuffle=shuffle and self.shuffle, num_workers=self.num_workers, collate_fn=collate
+            )
+            return
+        self.dataloader = self.loader(self.train_mb_size, shuffle and self.shuffle)
 
     def make_eval_dataloader(self, **kwargs) -> None:
         self.dataloader = self.loader(self.eval_mb_size, shuffle=False)
@@ -95,21 +109,28 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
         self._run_offline_stage(self.model.fit)
         if any(parameter.requires_grad for parameter in self.model.parameters()):
+            if is_distributed() and self.data_parallel is None:
+                self.data_parallel = wrap_for_training(self.model)
             super()._train_exp(experience, eval_streams, **kwargs)
         self._run_offline_stage(self.model.calibrate)
 
     @torch.no_grad()
     def _run_offline_stage(self, stage) -> None:
-        """Run a learner's gradient-free stage (``fit`` or ``calibrate``) on this experience's data, in eval mode."""
+        """Run a learner's gradient-free stage (``fit`` or ``calibrate``) on this experience's data, in eval mode.
+
+        Under torchrun every rank reads the whole experience (``eval_pass`` is
+        not sharded) and the stage ends with rank 0's state on every rank.
+        """
         with eval_pass(self, self.eval_mb_size) as batches:
             stage(batches)
+        sync_state_from_main(self.model)
 
     def _unpack_minibatch(self) -> None:
         self.mbatch = self.mbatch.to(self.device)
 
     def forward(self):
         if self.is_training:
-            return self.model(self.mbatch)
+            return (self.model if self.data_parallel is None else self.data_parallel)(self.mbatch)
         return self.model.anomaly_map(self.mbatch)
 
     def criterion(self) -> Tensor:
