@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import QUICKSTART, in_own_process, inference_figures, markdown_table, run_figures
+from common import QUICKSTART, add_threads_option, in_own_process, inference_figures, markdown_table, run_figures, start_benchmark
 
 RUNS = {
     "reconstruction (plain)": {"learner.name": "reconstruction"},
@@ -36,7 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every run, e.g. dataset.image_size=128")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
         for label, run in RUNS.items():

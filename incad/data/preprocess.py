@@ -187,10 +187,11 @@ def _process(task: _Task, reader: LayoutReader, settings: PreprocessingConfig) -
     for sub in ("rgb", "xyz") + (("gt",) if raw.mask is not None else ()):
         (task.target / sub).mkdir(parents=True, exist_ok=True)
     rgb = np.where(keep[..., None], raw.rgb, 0).astype(np.uint8) if settings.remove_background else raw.rgb
-    Image.fromarray(rgb, mode="RGB").save(task.target / "rgb" / f"{stem}.png")
+    # zlib level 1: the same pixels, written about 5x faster than PIL's default level 6 (the larger cost per sample)
+    Image.fromarray(rgb, mode="RGB").save(task.target / "rgb" / f"{stem}.png", compress_level=1)
     tifffile.imwrite(task.target / "xyz" / f"{stem}.tiff", points, photometric="rgb", metadata=None)
     if raw.mask is not None:
-        Image.fromarray(raw.mask.astype(np.uint8) * 255, mode="L").save(task.target / "gt" / f"{stem}.png")
+        Image.fromarray(raw.mask.astype(np.uint8) * 255, mode="L").save(task.target / "gt" / f"{stem}.png", compress_level=1)
     return None
 
 

@@ -3,18 +3,23 @@
 The chunked PyTorch scan (``incad/ops/selective_scan.py``) materialises (batch, dim, N, T)
 temporaries and pays two exps per state update; at the Mamba decoder's shape it is no faster
 than a token loop. The work itself is one exp and two multiply-adds per state update, so this
-module runs the recurrence directly: one pass over L per (batch, channel), the N-element state
-in a small local array. The backward is the reverse-time scan of mamba-ssm's CUDA kernel
-(Gu & Dao, "Mamba", 2023, appendix D): each (batch, group) task first recomputes its channels'
-states into a per-task scratch (N x L, no (batch, dim, N, L) tensor is ever kept), then walks
-back accumulating ``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. Tasks own disjoint slices
-of every gradient, so there are no write races; dA is written per batch item and summed after.
+module runs the recurrence directly, in one pass over L. A task is a block of up to
+``CHANNELS_PER_TASK`` channels of one (batch item, group of B/C); the blocks run in parallel
+(``prange``) and each keeps its (N, channels) state in a small local array, the innermost loop
+running over channels, which share B_t and C_t: contiguous, independent, so LLVM vectorizes it.
+Inputs are therefore laid out time-major, (batch, L, dim), by the autograd wrapper.
 
-A decay ``exp(delta_t A_n)`` is the one transcendental per state update. glibc's scalar ``expf``
-would dominate the loop, so float32 uses Cephes' ``expf`` (range reduction to ``2^k e^r``,
-a degree-6 polynomial; relative error below 1e-7, the float32 resolution) written in arithmetic
-that LLVM vectorizes over N; float64 keeps ``np.exp``. The reductions over N are separate loops,
-so the element-wise updates vectorize without reordering a sum (``fastmath`` stays off).
+The backward is the reverse-time scan of mamba-ssm's CUDA kernel (Gu & Dao, "Mamba", 2023):
+each task recomputes its block's states and decays (L x N x channels, never a
+(batch, dim, N, L) tensor), then walks back accumulating
+``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. Tasks own disjoint slices of every gradient
+(B and C per block, A per batch item, summed by the wrapper), so there are no write races.
+
+A decay ``exp(delta_t A_n)`` is the one transcendental per state update; glibc's scalar
+``expf`` does not vectorize, so float32 uses Cephes' ``expf`` (range reduction to ``2^k e^r``,
+a degree-6 polynomial; relative error below 1e-7, the float32 resolution) written in plain
+arithmetic; float64 keeps ``np.exp``. fastmath stays off, except for the sums over a block's
+channels in the backward (``_lane_sum``), which may be reassociated.
 
 Only the recurrence ``y_t = <C_t, h_t>`` is here: softplus, delta_bias, D and the z gate are
 element-wise and stay in PyTorch (``selective_scan``), where autograd differentiates them.
@@ -23,8 +28,6 @@ by ``scripts/env.sh``, puts the cache under the project's ``.cache``).
 """
 
 from __future__ import annotations
-
-import math
 
 import os
 
@@ -87,15 +90,13 @@ def _block(task, groups, per_group, width):  # pragma: no cover - compiled
     return b, g, first, min(width, (g + 1) * per_group - first)
 
 
-@njit(inline="always")
+@njit(fastmath={"reassoc"})
 def _lane_sum(lanes, count):  # pragma: no cover - compiled
-    """Sum of ``lanes[:count]`` by halving (a fixed order; each halving vectorizes); overwrites ``lanes``."""
-    while count > 1:
-        half, odd = count // 2, count % 2
-        for c in range(half):
-            lanes[c] += lanes[c + half + odd]
-        count = half + odd
-    return lanes[0]
+    """Sum of ``lanes[:count]``; reassociation (only here) lets it run in vector registers."""
+    total = lanes[0]
+    for c in range(1, count):
+        total += lanes[c]
+    return total
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -132,7 +133,7 @@ def _scan_backward(
 ):  # pragma: no cover - compiled
     """Gradients of sum(grad_y * y), laid out as in :func:`_scan_forward`, one task per channel block.
 
-    A task recomputes its block's states (L + 1, N, width), then runs back in time. B and C
+    A task recomputes its block's states and decays (L, N, width each), then runs back in time. B and C
     gradients sum over the block's channels and are written per block (summed by the caller),
     dA per batch item: tasks never write the same element.
     """
@@ -145,13 +146,16 @@ def _scan_backward(
         block = task % blocks
         A_block = np.ascontiguousarray(A[:, first : first + count])
         states = np.empty((length + 1, state_size, count), dtype=u.dtype)  # states[t + 1] = h_t
+        decays = np.empty((length, state_size, count), dtype=u.dtype)  # exp(delta_t A)
         states[0] = 0.0
         for t in range(length):
             step, u_t = delta[b, t, first : first + count], u[b, t, first : first + count]
             for n in range(state_size):
                 B_tn = B[b, g, t, n]
                 for c in range(count):
-                    states[t + 1, n, c] = _exp(step[c] * A_block[n, c]) * states[t, n, c] + step[c] * u_t[c] * B_tn
+                    decay = _exp(step[c] * A_block[n, c])
+                    decays[t, n, c] = decay
+                    states[t + 1, n, c] = decay * states[t, n, c] + step[c] * u_t[c] * B_tn
         carried = np.zeros((state_size, count), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
         grad_A = np.zeros((state_size, count), dtype=u.dtype)
         grad_u_t, grad_step = np.empty(count, dtype=u.dtype), np.empty(count, dtype=u.dtype)
@@ -164,7 +168,7 @@ def _scan_backward(
             for n in range(state_size):
                 B_tn, C_tn = B[b, g, t, n], C[b, g, t, n]
                 for c in range(count):
-                    decay = _exp(step[c] * A_block[n, c])
+                    decay = decays[t, n, c]
                     grad_h = grad_y_t[c] * C_tn + carried[n, c]  # dh_t
                     through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
                     lanes_C[c] = grad_y_t[c] * states[t + 1, n, c]
