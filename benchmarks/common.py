@@ -173,7 +173,7 @@ def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> di
 # How each figure is printed: metrics to 3 decimals, seconds, speeds and MiB to 1, GiB to 2.
 FIGURE_FORMATS = {
     "train_s": ".1f", "fit_s": ".1f", "coreset_s": ".1f", "images_per_s": ".1f", "infer_images_per_s": ".1f",
-    "peak_gib": ".2f", "infer_peak_gib": ".2f", "state_mib": ".1f",
+    "peak_gib": ".2f", "infer_peak_gib": ".2f", "state_mib": ".1f", "train_ratio": ".2f",
 }
 
 
