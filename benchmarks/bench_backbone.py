@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from common import add_threads_option, start_benchmark
+
 from incad.models.backbones.registry import create_backbone
 
 
@@ -36,7 +38,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     timings = batch_seconds(args.batch_size, args.size, args.repeats, args.warmup)
     # The median resists other load on a shared machine; the best batch shows the ceiling.
     print(

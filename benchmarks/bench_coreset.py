@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from common import add_threads_option, start_benchmark
+
 from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreOptions, PatchFeatures
@@ -95,7 +97,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain greedy loop (minutes at full size)")
     parser.add_argument("--skip-anomalib", action="store_true")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     torch.manual_seed(args.seed)
     features, source = load_features(args.images)
     size = int(len(features) * args.ratio)

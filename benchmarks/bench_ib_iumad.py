@@ -7,9 +7,11 @@ learner included so every row has the same MRN. Per run: final mean I-AUROC /
 P-AUROC / AUPRO@0.3 / AUPRO@0.01, FM of I-AUROC, training time and the peak
 memory of the whole run; then, in a separate process, inference images/s
 (rgb+depth, batch 16, 224x224, CPU, feature cache off) and the peak memory of
-that inference alone.
+that inference alone. "train / plain" is a row's training time over the plain learner's (the
+cost of the Mamba decoders and IBFM; on CPU mostly the selective scan).
 
     .venv/bin/python benchmarks/bench_ib_iumad.py [--epochs 15] [--set dataset.image_size=128 ...]
+    .venv/bin/python benchmarks/bench_ib_iumad.py --rows plain ib_iumad --no-inference --epochs 2   # training time only, minutes
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import QUICKSTART, in_own_process, inference_figures, markdown_table, run_figures
+from common import QUICKSTART, add_threads_option, in_own_process, inference_figures, markdown_table, run_figures, start_benchmark
 
-RUNS = {
-    "reconstruction (plain)": {"learner.name": "reconstruction"},
-    "IB-IUMAD (Mamba on, IBFM on)": {"learner.name": "ib_iumad"},
-    "Mamba on, IBFM off": {"learner.name": "ib_iumad", "learner.ibfm": False},
-    "Mamba off, IBFM on": {"learner.name": "ib_iumad", "learner.mamba": False},
-    "Mamba off, IBFM off": {"learner.name": "ib_iumad", "learner.mamba": False, "learner.ibfm": False},
+RUNS = {  # --rows name: (label, overrides)
+    "plain": ("reconstruction (plain)", {"learner.name": "reconstruction"}),
+    "ib_iumad": ("IB-IUMAD (Mamba on, IBFM on)", {"learner.name": "ib_iumad"}),
+    "no_ibfm": ("Mamba on, IBFM off", {"learner.name": "ib_iumad", "learner.ibfm": False}),
+    "no_mamba": ("Mamba off, IBFM on", {"learner.name": "ib_iumad", "learner.mamba": False}),
+    "neither": ("Mamba off, IBFM off", {"learner.name": "ib_iumad", "learner.mamba": False, "learner.ibfm": False}),
 }
 COLUMNS = {
     "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro_30": "AUPRO@0.3", "aupro_1": "AUPRO@0.01", "fm": "FM (I-AUROC)",
-    "train_s": "train s", "peak_gib": "run peak GiB", "infer_images_per_s": "images/s @224", "infer_peak_gib": "inference peak GiB",
+    "train_s": "train s", "train_ratio": "train / plain", "peak_gib": "run peak GiB",
+    "infer_images_per_s": "images/s @224", "infer_peak_gib": "inference peak GiB",
 }
 
 
@@ -36,17 +39,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every run, e.g. dataset.image_size=128")
+    parser.add_argument("--rows", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
+    parser.add_argument("--no-inference", action="store_true", help="skip the inference speed and memory columns")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
-        for label, run in RUNS.items():
+        for name in args.rows:
+            label, run = RUNS[name]
             overrides = [f"{k}={v}" for k, v in run.items()] + [
                 "learner.decoder_layers=4", f"training.epochs={args.epochs}", f"output_dir={scratch}/out", "tracking.enabled=false", *args.set,
             ]
-            row = in_own_process(run_figures, QUICKSTART, overrides)
-            inference = in_own_process(inference_figures, QUICKSTART, overrides, 224)
-            rows[label] = {**row, "infer_images_per_s": inference["images_per_s"], "infer_peak_gib": inference["peak_gib"]}
-            print(f"done: {label}", flush=True)
+            rows[label] = in_own_process(run_figures, QUICKSTART, overrides)
+            if not args.no_inference:
+                inference = in_own_process(inference_figures, QUICKSTART, overrides, 224)
+                rows[label].update(infer_images_per_s=inference["images_per_s"], infer_peak_gib=inference["peak_gib"])
+            print(f"done: {label} ({rows[label]['train_s']:.1f} s training)", flush=True)
+    plain = rows.get(RUNS["plain"][0])
+    for row in rows.values():
+        row["train_ratio"] = row["train_s"] / plain["train_s"] if plain else None
     print(f"\nquickstart scenario, naive, {args.epochs} epochs, overrides {args.set or 'none'}\n")
     print(markdown_table(COLUMNS, rows, "run"))
 

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import QUICKSTART, REPO_ROOT, in_own_process, markdown_table, run_figures
+from common import QUICKSTART, REPO_ROOT, add_threads_option, in_own_process, markdown_table, run_figures, start_benchmark
 
 LEARNERS = ("rlr", "cfm", "uni_rcm", "reconstruction", "ib_iumad")
 QUICKSTART_LEARNERS = {"reconstruction", "ib_iumad"}
@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--learners", default=",".join(LEARNERS), help=f"comma-separated, from {', '.join(LEARNERS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
     unknown = sorted(set(learners) - set(LEARNERS))
     if unknown:

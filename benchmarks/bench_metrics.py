@@ -11,12 +11,15 @@ Run from the repository root: ``python -m benchmarks.bench_metrics``.
 
 from __future__ import annotations
 
+import argparse
 import time
 import tracemalloc
 from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
+
+from common import add_threads_option, start_benchmark
 
 from incad.metrics import aupro, pixel_auroc, pixel_metrics
 
@@ -69,6 +72,9 @@ def old_style(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_threads_option(parser)
+    start_benchmark(parser.parse_args().threads)
     rng = np.random.default_rng(0)
     masks = blob_masks(rng)
     maps = anomaly_maps(rng, masks)

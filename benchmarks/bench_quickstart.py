@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_threads_option, start_benchmark
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenario", default=str(REPO_ROOT / "experiments" / "quickstart.yaml"))
     parser.add_argument("--set", action="append", default=[])
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
         scratch_path = Path(scratch)
         overrides = [

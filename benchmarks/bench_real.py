@@ -64,7 +64,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO_ROOT, images_per_second, in_own_process, markdown_table, measured_run, peak_gib
+from common import REPO_ROOT, add_threads_option, images_per_second, in_own_process, markdown_table, measured_run, peak_gib, start_benchmark
 from lite0_timm import incad_taps_of_timm_stages, lite0_state_for_timm
 
 from incad.config import parse_overrides, read_yaml, set_dotted
@@ -382,7 +382,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of anomalib's coreset start (incad rows use their YAML's seed)")
     parser.add_argument("--quick", action="store_true", help="8 train and 2 validation samples, 1 epoch: a smoke check")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "bench_real", help="folder of the CSV and JSON results")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
     modalities = [name.strip() for name in args.modalities.split(",") if name.strip()]
     if set(modalities) - set(MODALITIES) or not modalities:
         parser.error(f"--modalities: choose from {', '.join(MODALITIES)}")

@@ -1,31 +1,37 @@
-"""CPU time of the chunked selective scan against the token-by-token recurrence.
+"""CPU time of the selective scans: the fused numba kernel, the token-by-token loop and the chunked scan.
 
-The chunked scan exists so Mamba decoders run without CUDA; this shows what it costs
-against the plain loop it replaces (batch 2, dim 64, N 16, where the loop is feasible)
-and at training size (batch 16, dim 256, N 16), with peak memory.
-Run: ``python benchmarks/bench_selective_scan.py [--threads 1] [--chunk-size 8]``.
+Rows: the Mamba decoder's shape at 224 px (batch 16, dim 256, L 196, N 16), then longer
+sequences up to L 3136 (56x56 tokens), each forward only and forward+backward, at every
+thread count of ``--threads`` (default 1 and 2). Each figure is the median seconds per call
+after one warm-up call (which also loads or compiles the numba kernel), repeated until
+``--repeats`` calls or ``--budget-s`` seconds. float32, Mamba's scales (see ``mamba_like_inputs``).
+
+    .venv/bin/python benchmarks/bench_selective_scan.py [--threads 1 2] [--lengths 196 784 3136] [--budget-s 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
-import os
-import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
+from common import add_threads_option, start_benchmark
 
 from incad.ops import selective_scan, selective_scan_reference
 
-LENGTHS = (196, 784, 3136)  # 14x14, 28x28, 56x56 token grids
-SCANS = {"chunked": selective_scan, "reference": selective_scan_reference}
+DECODER_SHAPE = (16, 256, 196, 16)  # batch, dim, L, N: the Mamba decoder at 224 px (14x14 tokens)
+LONG_LENGTHS = (784, 3136)  # 28x28 and 56x56 token grids
+SCANS: dict[str, Callable[..., torch.Tensor]] = {
+    "fused": lambda **inputs: selective_scan(**inputs, cpu_scan="fused"),
+    "token loop": selective_scan_reference,
+    "chunked": lambda **inputs: selective_scan(**inputs, cpu_scan="chunked"),
+}
 
 
 def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dict:
-    """float32 inputs with Mamba's scales: S4D-real A, softplus(delta + bias) around 0.01, grouped B/C."""
+    """float32 inputs with Mamba's scales: S4D-real A, softplus(delta + bias) around 0.01, one group of B/C."""
     generator = torch.Generator().manual_seed(0)
 
     def randn(*shape: int, requires_grad: bool = True) -> torch.Tensor:
@@ -44,79 +50,52 @@ def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dic
     }
 
 
-def run_once(scan_name: str, inputs: dict, backward: bool, chunk_size: int | None) -> None:
-    kwargs = {"chunk_size": chunk_size} if scan_name == "chunked" and chunk_size else {}
-    if backward:
-        SCANS[scan_name](**inputs, **kwargs).sum().backward()
-    else:
-        with torch.no_grad():
-            SCANS[scan_name](**inputs, **kwargs)
+def seconds_per_call(scan: Callable[..., torch.Tensor], inputs: dict, backward: bool, repeats: int, budget_s: float) -> float:
+    """Median seconds per call after one warm-up call."""
 
+    def call() -> None:
+        if backward:
+            scan(**inputs).sum().backward()
+        else:
+            with torch.no_grad():
+                scan(**inputs)
 
-def measure(
-    scan_name: str,
-    shape: tuple[int, int, int, int],
-    backward: bool,
-    chunk_size: int | None,
-    threads: int,
-    repeats: int,
-    budget_s: float,
-) -> tuple[float, float]:
-    """Median seconds per call after the first (unless that one spent the budget) and peak extra MiB.
-
-    Runs in a fresh process (see ``main``) so the process's peak resident set is this
-    measurement's own: torch has no CPU allocator statistics.
-    """
-    torch.set_num_threads(threads)
-    inputs = mamba_like_inputs(*shape)
-    resident_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    timings = []
-    while len(timings) <= repeats and sum(timings) < budget_s:
+    call()
+    timings: list[float] = []
+    while len(timings) < repeats and sum(timings) < budget_s:
         start = time.perf_counter()
-        run_once(scan_name, inputs, backward, chunk_size)
+        call()
         timings.append(time.perf_counter() - start)
-    peak_extra_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before_kib) / 1024
-    # The first call pays one-off allocations; drop it when there are others.
-    return statistics.median(timings[1:] or timings), peak_extra_mib
+    return statistics.median(timings)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: selective_scan's")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a measurement after this long")
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_threads_option(parser, several=True)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=5.0, help="stop repeating a measurement after this long")
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LONG_LENGTHS), help="L of the rows after the decoder's")
+    parser.add_argument("--long-shape", type=int, nargs=2, default=[2, 64], metavar=("BATCH", "DIM"), help="batch and dim of the longer rows (N 16)")
     args = parser.parse_args()
-    settings = (args.chunk_size, args.threads, args.repeats, args.budget_s)
-    chunk = args.chunk_size or "default"
-    print(f"torch {torch.__version__}, {args.threads} threads, chunk_size {chunk}, float32, median seconds per call")
-    # A fixed mmap threshold in the measuring processes: with glibc's dynamic one, freed chunk
-    # tensors stay in a fragmented heap and the peak resident set grows with L (up to 2x here),
-    # which measures the allocator, not the scan. Spawned processes read it at start.
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-
-    def in_fresh_process(scan_name: str, shape: tuple[int, int, int, int], backward: bool) -> tuple[float, float]:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(measure, scan_name, shape, backward, *settings).result()
-
-    print("\nbatch 2, dim 64, N 16 (xR: chunked time / reference time)")
-    print("           forward: chunked / reference        forward+backward: chunked / reference")
-    for length in args.lengths:
-        shape = (2, 64, 16, length)
-        row = [
-            in_fresh_process(name, shape, backward)[0] for backward in (False, True) for name in ("chunked", "reference")
-        ]
-        print(
-            f"L {length:5d}  {row[0]:20.3f} / {row[1]:.3f} (x{row[0] / row[1]:.1f})"
-            f"      {row[2]:20.3f} / {row[3]:.3f} (x{row[2] / row[3]:.1f})"
-        )
-    print("\nbatch 16, dim 256, N 16, chunked only   forward (peak MiB)   forward+backward (peak MiB)")
-    for length in args.lengths:
-        shape = (16, 256, 16, length)
-        (forward_s, forward_mib), (train_s, train_mib) = (in_fresh_process("chunked", shape, b) for b in (False, True))
-        print(f"L {length:5d}  {forward_s:24.2f} ({forward_mib:6.0f})   {train_s:14.2f} ({train_mib:6.0f})")
+    start_benchmark(args.threads[0])
+    shapes = [DECODER_SHAPE, *((*args.long_shape, length, 16) for length in args.lengths)]
+    print("\nmedian seconds per call, float32; x = token loop (or chunked) time / fused time\n")
+    print("| threads | batch, dim, L, N | pass | fused s | token loop s | chunked s | loop / fused | chunked / fused |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for shape in shapes:
+            batch, dim, length, state_size = shape
+            inputs = mamba_like_inputs(batch, dim, state_size, length)
+            for backward in (False, True):
+                seconds = {name: seconds_per_call(scan, inputs, backward, args.repeats, args.budget_s) for name, scan in SCANS.items()}
+                fused, loop, chunked = seconds["fused"], seconds["token loop"], seconds["chunked"]
+                pass_name = "forward+backward" if backward else "forward"
+                print(
+                    f"| {threads} | {', '.join(map(str, shape))} | {pass_name} | {fused:.4f} | {loop:.4f} | {chunked:.4f} "
+                    f"| {loop / fused:.1f}x | {chunked / fused:.1f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

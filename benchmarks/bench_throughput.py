@@ -9,8 +9,10 @@ quickstart-sized learner and the IUF-sized default side by side.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
-from common import learner_images_per_second, peak_gib
+from common import add_threads_option, learner_images_per_second, peak_gib, start_benchmark
 
 from incad.learners.reconstruction import ReconstructionLearner, ReconstructionOptions
 
@@ -21,6 +23,9 @@ SIZES = {
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_threads_option(parser)
+    start_benchmark(parser.parse_args().threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch 16, rgb+depth, 224x224, efficientnet-lite0")
     for label, sizes in SIZES.items():

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts: random inputs, inference speed, runs in their own process, tables.
+"""Shared pieces of the benchmark scripts: the conditions they ran under, random inputs, inference
+speed, runs in their own process, tables.
 
 Each measured run happens in a fresh spawned process, so the peak resident memory
 it reports (``ru_maxrss``) is that run's own and not the high-water mark of
@@ -7,7 +8,10 @@ whatever ran before it in the benchmark.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
+import os
+import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +31,49 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
+
+
+def add_threads_option(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--threads``: torch's intra-op threads (numba's follow them); ``several`` takes a list measured in turn."""
+    if several:
+        parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to measure in turn")
+    else:
+        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+
+
+def start_benchmark(threads: int | None) -> None:
+    """Apply ``--threads`` (here and in processes spawned later) and print the conditions of the measurement."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # spawned runs read it when torch starts
+    print(machine_conditions(), flush=True)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_conditions() -> str:
+    """torch threads, CPU model, cores and load average, and a warning when the load exceeds the cores.
+
+    Figures taken while other processes compete for the cores are not comparable with quiet ones.
+    """
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()
+    lines = [
+        f"conditions: torch {torch.__version__}, {torch.get_num_threads()} torch threads, {cpu_model()}, {cores} cores, "
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
+    ]
+    if load[0] > cores:
+        lines.append(f"WARNING: the load average {load[0]:.2f} is above the {cores} cores: these figures are taken under load and are not comparable")
+    return "\n".join(lines)
 
 
 def random_batch(size: int, count: int = 16) -> Batch:
@@ -126,7 +173,7 @@ def inference_figures(scenario: Path, overrides: Sequence[str], size: int) -> di
 # How each figure is printed: metrics to 3 decimals, seconds, speeds and MiB to 1, GiB to 2.
 FIGURE_FORMATS = {
     "train_s": ".1f", "fit_s": ".1f", "coreset_s": ".1f", "images_per_s": ".1f", "infer_images_per_s": ".1f",
-    "peak_gib": ".2f", "infer_peak_gib": ".2f", "state_mib": ".1f",
+    "peak_gib": ".2f", "infer_peak_gib": ".2f", "state_mib": ".1f", "train_ratio": ".2f",
 }
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from common import REPO_ROOT
+from common import REPO_ROOT, add_threads_option, start_benchmark
 
 from incad.data.sample import Batch, collate
 from incad.evaluation.postprocess import image_scores, upsample_and_smooth
@@ -144,10 +144,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--weights", type=Path, default=None, help="skip training: load this learner state dict")
     parser.add_argument("--dump", type=Path, default=None, help="write the trained learner's state dict here")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads if args.threads is not None else 1)
     run = load_run(REPO_ROOT / BASE_YAML[args.learner], overrides=real_overrides(args))
     config = run.config
-    torch.set_num_threads(1)
     if args.weights is None:
         learner = run_experiment(run, show_progress=False).learner
         if args.dump:

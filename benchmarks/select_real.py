@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, in_own_process, markdown_table, run_figures  # noqa: E402
+from common import REPO_ROOT, add_threads_option, in_own_process, markdown_table, run_figures, start_benchmark  # noqa: E402
 from bench_real import MERGED_CACHE, REAL_SOURCES, link_merged_root  # noqa: E402
 from validation_proxy import build_validation_proxy  # noqa: E402
 
@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="names of the candidates to run (default: all)")
     parser.add_argument("--root", type=Path, default=None, help="a class-folder root in the MVTec 3D-AD layout (default: merged real subset)")
     parser.add_argument("--class-name", default="cable_gland")
+    add_threads_option(parser)
     args = parser.parse_args()
+    start_benchmark(args.threads)
 
     root = args.root or link_merged_root(REAL_SOURCES, MERGED_CACHE / "cable_gland-merged")
     proxy_root = build_validation_proxy(prepared_class(root, args.class_name, 224), CACHE / "proxy")

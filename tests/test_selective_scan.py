@@ -1,8 +1,9 @@
-"""The pure-PyTorch selective scan against the token-by-token recurrence, and its dispatch."""
+"""The CPU selective scans (fused numba, chunked PyTorch) against the token-by-token recurrence, and the dispatch."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 
 import pytest
 import torch
@@ -81,20 +82,107 @@ CASES = {
 @pytest.mark.parametrize(("settings", "chunk_size"), CASES.values(), ids=CASES.keys())
 def test_matches_reference_forward_and_gradients(settings: dict, chunk_size: int) -> None:
     inputs = random_inputs(**settings)
-    y, grads = output_and_grads(selective_scan, inputs, chunk_size=chunk_size)
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=chunk_size, cpu_scan="chunked")
     y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the path without a graph
-        torch.testing.assert_close(selective_scan(**inputs, chunk_size=chunk_size), y_ref, rtol=1e-5, atol=1e-5)
+        y_no_graph = selective_scan(**inputs, chunk_size=chunk_size, cpu_scan="chunked")
+        torch.testing.assert_close(y_no_graph, y_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [settings for settings, _ in CASES.values()], ids=CASES.keys())
+def test_fused_matches_reference_forward_and_gradients(settings: dict) -> None:
+    """The numba kernel and its reverse-time backward: every output and gradient to 1e-6 in float64."""
+    inputs = random_inputs(**settings)
+    y, grads = output_and_grads(selective_scan, inputs, cpu_scan="fused")
+    y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    assert len(grads) == len(grads_ref)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_channel_blocks_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups split into several channel blocks, one uneven, on two threads: same values as the loop, torch's thread count untouched."""
+    monkeypatch.setattr(importlib.import_module("incad.ops.fused_scan"), "CHANNELS_PER_TASK", 4)
+    inputs = random_inputs(batch=3, dim=10, length=23, groups=2)  # 5 channels per group: blocks of 4 and 1
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y, grads = output_and_grads(selective_scan, inputs, cpu_scan="fused")
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        selective_scan(**inputs, cpu_scan="fused")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads_before)
+    y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_float32_matches_float64() -> None:
+    """float32 uses its own exp (Cephes' expf): within float32 resolution of the float64 recurrence."""
+    inputs64 = random_inputs(groups=2, length=50)
+    inputs32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in inputs64.items()}
+    y = selective_scan(**inputs32, cpu_scan="fused")
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), selective_scan_reference(**inputs64), rtol=1e-4, atol=1e-4)
+    y32, grads32 = output_and_grads(selective_scan, inputs32, cpu_scan="fused")
+    _, grads64 = output_and_grads(selective_scan, inputs32, cpu_scan="chunked")
+    for grad, grad_chunked in zip(grads32, grads64, strict=True):
+        torch.testing.assert_close(grad, grad_chunked, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_takes_fused_kernel_and_reports_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    chunked_calls = []
+    monkeypatch.setattr(selective_scan_module, "_chunked_scan", lambda *args: chunked_calls.append(args))
+    selective_scan_module._report_cpu_scan.cache_clear()
+    inputs = random_inputs()
+    with caplog.at_level(logging.INFO, logger="incad"):
+        y = selective_scan(**inputs)
+        selective_scan(**inputs)
+    assert not chunked_calls
+    torch.testing.assert_close(y, selective_scan_reference(**inputs), rtol=1e-6, atol=1e-6)
+    assert [record.getMessage() for record in caplog.records] == ["selective scan on CPU: the fused numba kernel"]
+
+
+def test_fallback_to_chunked_scan_without_numba(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Where numba does not import, "auto" takes the chunked scan and says so once; "fused" refuses."""
+    monkeypatch.setattr(selective_scan_module, "_fused_kernel", lambda: None)
+    selective_scan_module._report_cpu_scan.cache_clear()
+    chunk_calls = []
+    chunked_scan = selective_scan_module._chunked_scan
+
+    def recording_chunked_scan(*args: object) -> torch.Tensor:
+        chunk_calls.append(args)
+        return chunked_scan(*args)
+
+    monkeypatch.setattr(selective_scan_module, "_chunked_scan", recording_chunked_scan)
+    inputs = random_inputs()
+    with caplog.at_level(logging.INFO, logger="incad"):
+        y = selective_scan(**inputs)
+        selective_scan(**inputs)
+    assert len(chunk_calls) == 2
+    torch.testing.assert_close(y, selective_scan_reference(**inputs), rtol=1e-5, atol=1e-5)
+    assert [record.getMessage() for record in caplog.records] == [
+        "selective scan on CPU: numba does not import, using the slower chunked PyTorch scan"
+    ]
+    selective_scan_module._report_cpu_scan.cache_clear()
+    with pytest.raises(RuntimeError, match="needs numba"):
+        selective_scan(**inputs, cpu_scan="fused")
+    with pytest.raises(ValueError, match="cpu_scan must be"):
+        selective_scan(**inputs, cpu_scan="numba")
 
 
 def test_checkpointed_chunks_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large scans checkpoint each chunk; forcing that path on a small one must not change a value."""
     monkeypatch.setattr(selective_scan_module, "_CHECKPOINT_ABOVE_BYTES", 0)
     inputs = random_inputs(length=45, groups=2)
-    y, grads = output_and_grads(selective_scan, inputs, chunk_size=8)
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=8, cpu_scan="chunked")
     y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
@@ -114,7 +202,7 @@ def test_large_decays_shorten_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     inputs = random_inputs(length=10, delta_softplus=False, with_delta_bias=False, dtype=torch.float32)
     inputs["delta"] = torch.full_like(inputs["delta"], 2.0)
     inputs["A"] = torch.full_like(inputs["A"], -10.0)
-    y = selective_scan(**inputs, chunk_size=64)
+    y = selective_scan(**inputs, chunk_size=64, cpu_scan="chunked")
     assert chunk_lengths == [3, 3, 3, 1]
     torch.testing.assert_close(y, selective_scan_reference(**inputs), rtol=1e-5, atol=1e-5)
 
@@ -122,7 +210,7 @@ def test_large_decays_shorten_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_float32_keeps_dtype_and_matches_float64() -> None:
     inputs64 = random_inputs(groups=2, length=50)
     inputs32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in inputs64.items()}
-    y = selective_scan(**inputs32, chunk_size=16)
+    y = selective_scan(**inputs32, chunk_size=16, cpu_scan="chunked")
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), selective_scan_reference(**inputs64), rtol=1e-4, atol=1e-4)
 
@@ -141,21 +229,23 @@ def test_reference_matches_hand_computed_two_steps() -> None:
     torch.testing.assert_close(y.flatten(), expected)
 
 
-def test_large_decays_stay_finite() -> None:
-    """delta * |A| up to 1e5: one-token chunks, log-decays clipped at -_LOG_RANGE, still finite and exact."""
+@pytest.mark.parametrize("cpu_scan", ["chunked", "fused"])
+def test_large_decays_stay_finite(cpu_scan: str) -> None:
+    """delta * |A| up to 1e5: one-token chunks, log-decays clipped at -_LOG_RANGE (fused: exp clamped at -87), still finite and exact."""
     inputs = random_inputs(length=70, groups=2, delta_softplus=False, with_delta_bias=False, dtype=torch.float32)
     generator = torch.Generator().manual_seed(2)
     inputs["delta"] = 10 ** (3 * torch.rand(inputs["delta"].shape, generator=generator) - 1)  # 0.1 .. 100
     inputs["A"] = -(10 ** (3 * torch.rand(inputs["A"].shape, generator=generator)))  # -1 .. -1000
-    y, grads = output_and_grads(selective_scan, inputs, chunk_size=32)
+    y, grads = output_and_grads(selective_scan, inputs, chunk_size=32, cpu_scan=cpu_scan)
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
     y_ref = selective_scan_reference(**inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max().item())
 
 
-def test_groups_must_divide_dim() -> None:
+@pytest.mark.parametrize("cpu_scan", ["chunked", "fused"])
+def test_groups_must_divide_dim(cpu_scan: str) -> None:
     with pytest.raises(ValueError, match="not divisible"):
-        selective_scan(**random_inputs(dim=5, groups=2))
+        selective_scan(**random_inputs(dim=5, groups=2), cpu_scan=cpu_scan)
 
 
 def test_cpu_uses_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,9 +3,14 @@
 Per sample: fit a plane with RANSAC (open3d ``segment_plane``) to the valid
 points of the image's border strips, where only the background is; remove
 every point within ``plane_distance`` of that plane (in xyz and RGB); keep the
-largest DBSCAN cluster of what is left (the object, without flying pixels and
-clutter). Optionally fill small holes AST-style: a missing point becomes the
-mean of its valid 3x3 neighbours, repeated ``fill_passes`` times.
+object, the largest cluster of what is left (without flying pixels and clutter).
+BTF finds it with DBSCAN over the unorganized points (``clustering: dbscan``);
+the cloud is organized, though, so by default (``clustering: grid``) it is the
+largest connected component of the pixel grid, 8-neighbours joined when their
+3-D distance is below ``grid_eps``: one pass of a union-find over the pixels
+instead of a radius search per point. Optionally fill small holes AST-style: a
+missing point becomes the mean of its valid 3x3 neighbours, repeated
+``fill_passes`` times.
 
 The result is a dataset in the MVTec 3D-AD layout in a cache folder named by a
 hash of the source folder, the reader, the classes, the settings and a
@@ -27,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -55,6 +61,10 @@ class PreprocessingConfig(BaseModel, extra="forbid"):
     ransac_iterations: int = Field(1000, ge=1)
     plane_distance: float = Field(0.005, ge=0, description="points nearer than this to the plane are removed")
     border: int = Field(10, ge=1, description="width in pixels of the border strips the plane is fitted to")
+    clustering: Literal["grid", "dbscan"] = Field(
+        "grid", description="how the object is found: grid components of the organized cloud, or BTF's DBSCAN"
+    )
+    grid_eps: float = Field(0.006, gt=0, description="grid neighbours nearer than this in 3-D are connected")
     dbscan_eps: float = Field(0.006, gt=0)
     dbscan_min_points: int = Field(30, ge=1)
     fill_holes: bool = False
@@ -80,10 +90,15 @@ def _point_cloud(points: np.ndarray):
 
 
 def foreground_mask(points: np.ndarray, settings: PreprocessingConfig) -> np.ndarray:
-    """(H, W) bool: the points kept, i.e. off the background plane and in the largest cluster.
+    """(H, W) bool: the points kept, i.e. off the background plane and in the largest cluster."""
+    return largest_cluster(points, off_plane_mask(points, settings), settings)
+
+
+def off_plane_mask(points: np.ndarray, settings: PreprocessingConfig) -> np.ndarray:
+    """(H, W) bool: the valid points farther than ``plane_distance`` from the RANSAC plane of the border strips.
 
     With fewer valid border points than ``ransac_n`` there is no plane to fit
-    (the background is already gone) and only the clustering is applied.
+    (the background is already gone) and every valid point is kept.
     """
     import open3d as o3d
 
@@ -99,11 +114,22 @@ def foreground_mask(points: np.ndarray, settings: PreprocessingConfig) -> np.nda
         normal, offset = np.asarray(plane[:3]), plane[3]
         distance = np.abs(points.astype(np.float64) @ normal + offset) / np.linalg.norm(normal)
         keep &= distance > settings.plane_distance
-    if keep.any():
-        labels = np.asarray(_point_cloud(points[keep]).cluster_dbscan(settings.dbscan_eps, settings.dbscan_min_points))
-        clustered = labels >= 0
-        largest = np.bincount(labels[clustered]).argmax() if clustered.any() else -1
-        keep[keep] = labels == largest
+    return keep
+
+
+def largest_cluster(points: np.ndarray, candidates: np.ndarray, settings: PreprocessingConfig) -> np.ndarray:
+    """(H, W) bool: the largest cluster of the ``candidates`` points, by ``settings.clustering``."""
+    if not candidates.any():
+        return candidates.copy()
+    if settings.clustering == "grid":
+        from incad.data.grid_components import largest_grid_component
+
+        return largest_grid_component(points, candidates, settings.grid_eps)
+    keep = candidates.copy()
+    labels = np.asarray(_point_cloud(points[keep]).cluster_dbscan(settings.dbscan_eps, settings.dbscan_min_points))
+    clustered = labels >= 0
+    largest = np.bincount(labels[clustered]).argmax() if clustered.any() else -1
+    keep[keep] = labels == largest
     return keep
 
 
@@ -161,10 +187,11 @@ def _process(task: _Task, reader: LayoutReader, settings: PreprocessingConfig) -
     for sub in ("rgb", "xyz") + (("gt",) if raw.mask is not None else ()):
         (task.target / sub).mkdir(parents=True, exist_ok=True)
     rgb = np.where(keep[..., None], raw.rgb, 0).astype(np.uint8) if settings.remove_background else raw.rgb
-    Image.fromarray(rgb, mode="RGB").save(task.target / "rgb" / f"{stem}.png")
+    # zlib level 1: the same pixels, written about 5x faster than PIL's default level 6 (the larger cost per sample)
+    Image.fromarray(rgb, mode="RGB").save(task.target / "rgb" / f"{stem}.png", compress_level=1)
     tifffile.imwrite(task.target / "xyz" / f"{stem}.tiff", points, photometric="rgb", metadata=None)
     if raw.mask is not None:
-        Image.fromarray(raw.mask.astype(np.uint8) * 255, mode="L").save(task.target / "gt" / f"{stem}.png")
+        Image.fromarray(raw.mask.astype(np.uint8) * 255, mode="L").save(task.target / "gt" / f"{stem}.png", compress_level=1)
     return None
 
 

@@ -1,4 +1,5 @@
-"""Mamba's selective scan: mamba-ssm's CUDA kernel when it is there, a pure-PyTorch chunked scan otherwise.
+"""Mamba's selective scan: mamba-ssm's CUDA kernel when it is there, a fused numba loop on CPU
+(``incad/ops/fused_scan.py``), a pure-PyTorch chunked scan where neither is available.
 
 Every public anomaly-detection Mamba imports the CUDA kernel unconditionally, so none runs on a
 CPU; this module gives the same function (``selective_scan_fn``'s arguments, shapes and
@@ -8,7 +9,9 @@ semantics) on any device.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,29 @@ def _cuda_kernel() -> Callable[..., Tensor] | None:
     return selective_scan_fn
 
 
+CpuScan = Literal["auto", "fused", "chunked"]
+
+
+@functools.cache
+def _fused_kernel() -> Callable[..., Tensor] | None:
+    """The numba scan of ``incad/ops/fused_scan.py``, or None where numba does not import."""
+    try:
+        from incad.ops.fused_scan import fused_scan
+    except ImportError:
+        return None
+    return fused_scan
+
+
+@functools.cache
+def _report_cpu_scan(fused: bool) -> None:
+    """One line, the first time ``cpu_scan="auto"`` picks a CPU implementation, saying which."""
+    logger = logging.getLogger("incad")
+    if fused:
+        logger.info("selective scan on CPU: the fused numba kernel")
+    else:
+        logger.warning("selective scan on CPU: numba does not import, using the slower chunked PyTorch scan")
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -44,6 +70,7 @@ def selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = 64,
+    cpu_scan: CpuScan = "auto",
 ) -> Tensor:
     """mamba-ssm's ``selective_scan_fn`` on any device.
 
@@ -56,20 +83,34 @@ def selective_scan(
     ``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t``, ``y_t = <C_t, h_t> + D * u_t``,
     then ``y * silu(z)``.
 
-    CUDA tensors of a dtype the kernel takes go to mamba-ssm's kernel when it imports; the rest
-    to the chunked scan (see ``_chunked_scan`` for its cost, range and memory). ``chunk_size``
-    is the chunked scan's longest chunk; large decays make chunks shorter (down to one token).
-    Each chunk is one Python iteration, so longer chunks only save loop overhead
-    (``benchmarks/bench_selective_scan.py`` compares it with the token loop).
+    CUDA tensors of a dtype the kernel takes go to mamba-ssm's kernel when it imports. CPU
+    tensors go to the fused numba scan (``cpu_scan="auto"`` when numba imports, or ``"fused"``,
+    which fails without it), else to the chunked scan (``"chunked"``; see ``_chunked_scan`` for
+    its cost, range and memory); the choice is logged once. ``chunk_size`` is the chunked scan's
+    longest chunk; large decays make chunks shorter (down to one token). Each chunk is one Python
+    iteration, so longer chunks only save loop overhead (``benchmarks/bench_selective_scan.py``
+    compares the implementations with the token loop).
     """
     kernel = _cuda_kernel() if u.is_cuda else None
     if kernel is not None and u.dtype in _KERNEL_INPUT_DTYPES and A.dtype == torch.float32:
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if cpu_scan not in ("auto", "fused", "chunked"):
+        raise ValueError(f"cpu_scan must be 'auto', 'fused' or 'chunked', not {cpu_scan!r}")
     compute_dtype = torch.promote_types(u.dtype, torch.float32)
     delta = _effective_delta(delta.to(compute_dtype), delta_bias, delta_softplus)
     u_compute = u.to(compute_dtype)
     B, C = _grouped(B).to(compute_dtype), _grouped(C).to(compute_dtype)
-    y = _chunked_scan(u_compute, delta, A.to(compute_dtype), B, C, chunk_size)
+    if u.shape[1] % B.shape[1]:
+        raise ValueError(f"dim {u.shape[1]} is not divisible by the {B.shape[1]} groups of B and C")
+    fused = _fused_kernel() if cpu_scan != "chunked" and not u.is_cuda else None
+    if cpu_scan == "fused" and fused is None:
+        raise RuntimeError("cpu_scan='fused' needs numba on a CPU tensor: install numba or use cpu_scan='auto'")
+    if cpu_scan == "auto" and not u.is_cuda:
+        _report_cpu_scan(fused is not None)
+    if fused is not None:
+        y = fused(u_compute, delta, A.to(compute_dtype), B, C)
+    else:
+        y = _chunked_scan(u_compute, delta, A.to(compute_dtype), B, C, chunk_size)
     return _skip_and_gate(y, u_compute, D, z).to(u.dtype)
 
 
@@ -141,8 +182,6 @@ def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
-    if dim % groups:
-        raise ValueError(f"dim {dim} is not divisible by the {groups} groups of B and C")
     # (batch, groups, channels per group, ...) lets B and C broadcast over their group's channels.
     grouped_shape = (batch, groups, dim // groups)
     u, delta = u.view(*grouped_shape, length), delta.view(*grouped_shape, length)
