@@ -24,7 +24,7 @@ selected on it) and training seconds (all steps: offline stages, epochs and
 calibration). Each row runs in its own process; results also go to
 ``--output``/results.json.
 
-    .venv/bin/python benchmarks/bench_few_shot.py [--datasets quickstart,real] [--shots 1,2,4] [--set KEY=VALUE]
+    .venv/bin/python benchmarks/bench_few_shot.py [--datasets quickstart,real] [--shots 1,2,4] [--rows cfr,cfm] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from bench_real import MERGED_CACHE, REAL_SOURCES, link_merged_root
 from common import REPO_ROOT, in_own_process, markdown_table, run_figures
 
 DATASETS = ("quickstart", "real")
+ROWS = ("cfr", "cfr retrieval off", "cfm")
 COLUMNS = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro_30": "AUPRO@0.3", "aupro_1": "AUPRO@0.01", "train_s": "train s"}
 LEARNERS = REPO_ROOT / "experiments" / "learners"
 # CFM in place of the few-shot YAML's CFR section: the same backbone, 3-D features and mapping nets.
@@ -45,7 +46,7 @@ CFM_LEARNER = "learner={name: cfm, backbone: efficientnet-lite0, features_3d: de
 
 
 def rows_of(dataset: str, shots: int, real_root: Path | None) -> dict[str, tuple[Path, list[str]]]:
-    """Label -> (scenario YAML, overrides) of the three rows of ``dataset`` at ``shots`` shots."""
+    """Row kind -> (scenario YAML, overrides) of ``dataset`` at ``shots`` shots."""
     if dataset == "quickstart":
         cfr, cfm, data = LEARNERS / "cfr.yaml", LEARNERS / "cfm.yaml", []
     else:
@@ -53,9 +54,9 @@ def rows_of(dataset: str, shots: int, real_root: Path | None) -> dict[str, tuple
         data = [f"dataset.root={real_root}", "scenario.classes=[cable_gland]", "scenario.base=1", "scenario.increment=0", "scenario.steps=0"]
     common = [*data, f"dataset.shots={shots}"]
     return {
-        f"cfr {shots}-shot": (cfr, common),
-        f"cfr retrieval off {shots}-shot": (cfr, [*common, "learner.retrieval=false"]),
-        f"cfm {shots}-shot": (cfm, [*common, *([] if dataset == "quickstart" else [CFM_LEARNER])]),
+        "cfr": (cfr, common),
+        "cfr retrieval off": (cfr, [*common, "learner.retrieval=false"]),
+        "cfm": (cfm, [*common, *([] if dataset == "quickstart" else [CFM_LEARNER])]),
     }
 
 
@@ -63,13 +64,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {', '.join(DATASETS)}")
     parser.add_argument("--shots", default="1,2,4", help="comma-separated k values")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every row")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "bench_few_shot")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "bench_few_shot", help="folder of results.json")
     args = parser.parse_args()
     datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
     if set(datasets) - set(DATASETS) or not datasets:
         parser.error(f"--datasets: choose from {', '.join(DATASETS)}")
     shots = [int(value) for value in args.shots.split(",")]
+    kinds = [name.strip() for name in args.rows.split(",") if name.strip()]
+    if set(kinds) - set(ROWS) or not kinds:
+        parser.error(f"--rows: choose from {', '.join(ROWS)}")
     real_root = link_merged_root(REAL_SOURCES, MERGED_CACHE / "cable_gland-merged") if "real" in datasets else None
     results: dict[str, dict[str, dict[str, float]]] = {}
     args.output.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,10 @@ def main() -> None:
         for dataset in datasets:
             results[dataset] = {}
             for k in shots:
-                for label, (scenario, overrides) in rows_of(dataset, k, real_root).items():
+                for kind, (scenario, overrides) in rows_of(dataset, k, real_root).items():
+                    if kind not in kinds:
+                        continue
+                    label = f"{kind} {k}-shot"
                     run_overrides = [*overrides, f"output_dir={scratch}/out", "tracking.enabled=false", *args.set]
                     results[dataset][label] = in_own_process(run_figures, scenario, run_overrides)
                     print(f"{dataset} {label}: " + ", ".join(f"{COLUMNS[key]} {results[dataset][label][key]:.3f}" for key in COLUMNS), flush=True)
