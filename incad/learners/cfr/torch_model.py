@@ -127,8 +127,8 @@ class CFRLearner(CFMLearner):
         register_growing_buffer(self, "memory_2d", torch.empty(0, self.channels_2d))
         register_growing_buffer(self, "memory_3d", torch.empty(0, self.channels_3d))
         self.register_buffer("memory_steps", torch.zeros((), dtype=torch.long))
-        # The calibrated bounds of the 2d and 3d directions (replace_fraction); NaN until calibrated.
-        self.register_buffer("replace_bounds", torch.full((len(TARGETS),), float("nan")))
+        # The calibrated bounds of the 2d and 3d directions (replace_fraction); inf until calibrated (a NaN would never equal itself).
+        self.register_buffer("replace_bounds", torch.full((len(TARGETS),), float("inf")))
 
     def memory(self, modality: str) -> Tensor:
         return self.memory_2d if modality == "2d" else self.memory_3d
@@ -196,7 +196,7 @@ class CFRLearner(CFMLearner):
         if self.options.replace_fraction is None:
             return self.options.replace_below
         bound = float(self.replace_bounds[TARGETS.index(target)])
-        if bound != bound:
+        if bound == float("inf"):
             raise ValueError("cfr: replace_fraction's bounds are not calibrated; calibrate the learner on normal data before it scores")
         return bound
 
