@@ -15,13 +15,11 @@ from training_helpers import losses_over_steps
 from incad.config import validate_config
 from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
-from incad.errors import ConfigError
 from incad.learners.cfm import CFMLearner
 from incad.learners.cfr import CFRLearner, CFROptions
 from incad.learners.cfr.memory import attend
 from incad.learners.features import valid_tokens
 from incad.learners.terms import evaluate_terms
-from incad.resolve import resolve_raw
 from incad.runner import run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,56 +111,6 @@ def test_attention_weights_the_top_k_values_and_chunks_give_the_same_result():
         attend(queries, keys[:0], values[:0], top_k=4, temperature=0.1)
 
 
-def test_attention_ignores_the_excluded_neighbourhood_of_a_query():
-    torch.manual_seed(0)
-    keys, values = torch.randn(6, 4), torch.randn(6, 3)
-    # keys 0-3: image 0 at cells (0,0) (0,1) (0,3) (2,2); key 4: image 1 at (0,0); key 5: an older row (image -1).
-    key_places = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 0, 3], [0, 2, 2], [1, 0, 0], [-1, 0, 0]])
-    queries, query_places = keys[:4], key_places[:4]
-    plain = attend(queries, keys, values, top_k=1, temperature=0.1)
-    torch.testing.assert_close(plain, values[:4])  # each stored token retrieves itself
-    excluded = attend(queries, keys, values, top_k=6, temperature=1e-3, query_places=query_places, key_places=key_places, exclude_radius=1)
-    unit = torch.nn.functional.normalize(keys, dim=-1)
-    similarity = unit[:4] @ unit.T
-    allowed = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1], [1, 1, 1, 0, 1, 1]], dtype=torch.bool)
-    best = similarity.masked_fill(~allowed, float("-inf")).argmax(dim=1)
-    torch.testing.assert_close(excluded, values[best], atol=1e-4, rtol=0)
-    lone = attend(queries[:1], keys[:2], values[:2], top_k=2, temperature=0.1, query_places=query_places[:1], key_places=key_places[:2], exclude_radius=1)
-    assert lone.isnan().all()
-
-
-def test_a_calibrated_fraction_is_the_quantile_of_the_training_confidences_without_their_neighbourhood(tiny_dataset):
-    options = SMALL.model_copy(update={"replace_fraction": 0.25, "top_k": 1, "max_memory_per_step": 10_000})
-    learner = calibrated(tiny_dataset, options)
-    tokens = learner.paired_valid_tokens([batch_of(tiny_dataset)], "test")
-    assert torch.equal(learner.memory_2d, tokens.features_2d)  # every token stored, in order
-    places = tokens.places
-    own_neighbourhood = (places[:, None, 0] == places[None, :, 0]) & ((places[:, None, 1:] - places[None, :, 1:]).abs().amax(dim=-1) <= 1)
-    features = {"2d": tokens.features_2d, "3d": tokens.features_3d}
-    with torch.no_grad():
-        for target, source in (("2d", "3d"), ("3d", "2d")):
-            unit = torch.nn.functional.normalize(features[source], dim=-1)
-            nearest = (unit @ unit.T).masked_fill(own_neighbourhood, float("-inf")).argmax(dim=1)
-            mapped = learner.mapping(target)(features[source])
-            confidence = torch.nn.functional.cosine_similarity(mapped, features[target][nearest], dim=-1)
-            assert learner.bound(target) == pytest.approx(torch.quantile(confidence, 0.25).item(), abs=1e-5)
-    assert learner.replace_bounds[0] != learner.replace_bounds[1]
-    test_batch = batch_of(tiny_dataset, split="test")
-    fixed = calibrated(tiny_dataset)
-    with torch.no_grad():
-        assert not torch.equal(learner.anomaly_map(test_batch), fixed.anomaly_map(test_batch))
-    uncalibrated = CFRLearner(SMALL.model_copy(update={"replace_fraction": 0.25}), modality="rgb+depth", num_objects=1, image_size=64)
-    uncalibrated.memory_2d, uncalibrated.memory_3d = fixed.memory_2d, fixed.memory_3d
-    with pytest.raises(ValueError, match="not calibrated"), torch.no_grad():
-        uncalibrated.anomaly_map(test_batch)
-
-
-def test_a_fixed_and_a_calibrated_bound_together_are_refused(tiny_run_config):
-    tiny_run_config["learner"] = {"name": "cfr", "replace_below": 0.6, "replace_fraction": 0.2}
-    with pytest.raises(ConfigError, match=r"learner\.replace_below .* or learner\.replace_fraction"):
-        resolve_raw(tiny_run_config)
-
-
 def test_replacement_changes_only_tokens_below_the_confidence_bound(tiny_dataset):
     learner = calibrated(tiny_dataset)
     batch = batch_of(tiny_dataset, split="test")
@@ -207,12 +155,11 @@ with torch.no_grad():
 
 
 def test_two_step_run_reloads_in_a_new_process_with_the_same_maps(tiny_run_config, tiny_dataset, tmp_path):
-    tiny_run_config["learner"] = {"name": "cfr", "hidden_dim": 32, "max_memory_per_step": 50, "replace_fraction": 0.25}
+    tiny_run_config["learner"] = {"name": "cfr", "hidden_dim": 32, "max_memory_per_step": 50}
     tiny_run_config["tracking"]["enabled"] = False
     result = run_experiment(validate_config(tiny_run_config), show_progress=False)
     trained = result.learner.cpu().eval()
     assert len(trained.memory_2d) == 3 * 50 and int(trained.memory_steps) == 3  # base experience + 2 steps
-    assert trained.replace_bounds.isfinite().all()
     (tmp_path / "config.json").write_text(json.dumps(tiny_run_config))
     torch.save(trained.state_dict(), tmp_path / "state.pt")
     with torch.no_grad():

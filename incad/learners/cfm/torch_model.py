@@ -22,7 +22,7 @@ Choices written down:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -50,14 +50,6 @@ class CFMOptions(LearnerOptions):
     cache_features: bool = True
     features_3d: Literal["depth_backbone", "fpfh"] = "depth_backbone"
     hidden_dim: int = 512
-
-
-class PairedTokens(NamedTuple):
-    """Every valid token of some batches: row i of each field comes from the same grid cell of the same image."""
-
-    features_2d: Tensor  # (N, C2d)
-    features_3d: Tensor  # (N, C3d)
-    places: Tensor  # (N, 3) long: image (counted over the batches), grid row, grid column
 
 
 def mapping_mlp(in_channels: int, out_channels: int, hidden_dim: int) -> nn.Module:
@@ -110,22 +102,18 @@ class CFMLearner(Learner):
         maps = frozen_features(fpfh_grid_features, self.fpfh_cache, batch.xyz, keys) / FPFH_SCALE
         return features_2d, maps.flatten(2).transpose(1, 2)
 
-    def paired_valid_tokens(self, batches: Iterable[Batch], purpose: str) -> PairedTokens:
-        """The frozen 2-D and 3-D features of every valid token of ``batches`` and where each lies, on the CPU."""
-        collected_2d, collected_3d, collected_places = [], [], []
-        seen = 0
+    def paired_valid_tokens(self, batches: Iterable[Batch], purpose: str) -> tuple[Tensor, Tensor]:
+        """(N, C2d) and (N, C3d) frozen features of every valid token of ``batches``, row i of both from the same cell, on the CPU."""
+        collected_2d, collected_3d = [], []
         for batch in batches:
             features_2d, features_3d = self.features(batch)
             valid = valid_tokens(batch, self.grid)
             collected_2d.append(features_2d[valid].cpu())
             collected_3d.append(features_3d[valid].cpu())
-            image, cell = valid.cpu().nonzero(as_tuple=True)
-            collected_places.append(torch.stack([image + seen, cell // self.grid[1], cell % self.grid[1]], dim=1))
-            seen += len(batch)
         tokens_2d, tokens_3d = torch.cat(collected_2d), torch.cat(collected_3d)
         if len(tokens_2d) == 0:
             raise ValueError(f"{type(self).__name__}: the experience's training images have no valid token to {purpose}")
-        return PairedTokens(tokens_2d, tokens_3d, torch.cat(collected_places))
+        return tokens_2d, tokens_3d
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         features_2d, features_3d = self.features(batch)

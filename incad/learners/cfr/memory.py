@@ -14,24 +14,8 @@ from torch import Tensor
 from incad.ops.nearest import DISTANCE_BUDGET
 
 
-def attend(
-    queries: Tensor,
-    keys: Tensor,
-    values: Tensor,
-    top_k: int,
-    temperature: float,
-    budget: int = DISTANCE_BUDGET,
-    query_places: Tensor | None = None,
-    key_places: Tensor | None = None,
-    exclude_radius: int = 0,
-) -> Tensor:
-    """(N, Ck) queries -> (N, Cv): the values of each query's ``top_k`` most cosine-similar (M, Ck) keys, weighted by softmax(similarity / temperature).
-
-    With ``query_places`` (N, 3) and ``key_places`` (M, 3) (image, grid row,
-    grid column; image -1 for keys never excluded), a query ignores the keys of
-    its own image within ``exclude_radius`` cells (Chebyshev distance), itself
-    included; a query left with no key gets NaN.
-    """
+def attend(queries: Tensor, keys: Tensor, values: Tensor, top_k: int, temperature: float, budget: int = DISTANCE_BUDGET) -> Tensor:
+    """(N, Ck) queries -> (N, Cv): the values of each query's ``top_k`` most cosine-similar (M, Ck) keys, weighted by softmax(similarity / temperature)."""
     if keys.shape[0] == 0:
         raise ValueError("cfr: the crossmodal memory is empty; calibrate the learner on normal data before it scores")
     k = min(top_k, keys.shape[0])
@@ -40,12 +24,6 @@ def attend(
     retrieved = []
     for start in range(0, queries.shape[0], rows):
         similarity = F.normalize(queries[start : start + rows], dim=-1) @ unit_keys.T
-        if query_places is not None and key_places is not None:
-            places = query_places[start : start + rows, None, :]
-            excluded = places[..., 0] == key_places[None, :, 0]
-            for axis in (1, 2):
-                excluded &= (places[..., axis] - key_places[None, :, axis]).abs() <= exclude_radius
-            similarity = similarity.masked_fill(excluded, float("-inf"))
         best = similarity.topk(k, dim=1)
         weights = torch.softmax(best.values / temperature, dim=1)
         retrieved.append(torch.einsum("nk,nkc->nc", weights, values[best.indices]))

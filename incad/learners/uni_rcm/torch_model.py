@@ -89,7 +89,7 @@ class UniRCMLearner(CFMLearner):
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:
         """Fit (first experience) or extend (later ones) both codebooks on this experience's valid tokens."""
-        tokens_2d, tokens_3d, _ = self.paired_valid_tokens(batches, "fit the codebooks on")
+        tokens_2d, tokens_3d = self.paired_valid_tokens(batches, "fit the codebooks on")
         generator = torch.Generator().manual_seed(self.options.seed + int(self.quantizer_2d.fits))
         chosen = torch.randperm(len(tokens_2d), generator=generator)[: self.options.fit_tokens]
         device = self.quantizer_2d.codebook_0.device
