@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -10,15 +15,14 @@ from training_helpers import losses_over_steps
 from incad.config import validate_config
 from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
-from incad.learners import create_learner
 from incad.learners.cfm import CFMLearner
 from incad.learners.cfr import CFRLearner, CFROptions
 from incad.learners.cfr.memory import attend
 from incad.learners.features import valid_tokens
 from incad.learners.terms import evaluate_terms
-from incad.resolve import resolve
 from incad.runner import run_experiment
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = CFROptions(hidden_dim=32, max_memory_per_step=40)
 
 
@@ -47,11 +51,33 @@ def test_cycle_terms_vanish_for_an_identity_pair_and_not_otherwise(tiny_dataset)
     assert values["cycle/3d"].item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_a_zero_weight_leaves_its_terms_out_and_training_lowers_the_loss(tiny_dataset):
-    without_cycle = CFRLearner(SMALL.model_copy(update={"cycle_weight": 0.0}), modality="rgb+depth", num_objects=1, image_size=64)
-    assert [term.name for term in without_cycle.loss_terms()] == ["mapping/2d_to_3d", "mapping/3d_to_2d"]
-    without_mapping = CFRLearner(SMALL.model_copy(update={"mapping_weight": 0.0}), modality="rgb+depth", num_objects=1, image_size=64)
-    assert [term.name for term in without_mapping.loss_terms()] == ["cycle/2d", "cycle/3d"]
+WEIGHTS = {
+    "mapping/2d_to_3d": "mapping_2d_to_3d_weight",
+    "mapping/3d_to_2d": "mapping_3d_to_2d_weight",
+    "cycle/2d": "cycle_2d_weight",
+    "cycle/3d": "cycle_3d_weight",
+}
+
+
+def test_each_term_has_its_own_weight_and_zero_leaves_it_out(tiny_dataset):
+    batch = batch_of(tiny_dataset)
+    torch.manual_seed(0)
+    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    values, total = evaluate_terms(learner, learner(batch), batch)
+    for name, option in WEIGHTS.items():
+        learner.options = SMALL.model_copy(update={option: 0.0})
+        assert [term.name for term in learner.loss_terms()] == [other for other in WEIGHTS if other != name]
+        _, without = evaluate_terms(learner, learner(batch), batch)
+        torch.testing.assert_close(without, total - values[name])
+        learner.options = SMALL.model_copy(update={option: 3.0})
+        _, tripled = evaluate_terms(learner, learner(batch), batch)
+        torch.testing.assert_close(tripled, total + 2 * values[name])
+    learner.options = SMALL.model_copy(update={"cycle_2d_weight": 0.0})
+    outputs = learner(batch)
+    assert "2d/cycled" not in outputs and "3d/cycled" in outputs
+
+
+def test_training_lowers_the_loss(tiny_dataset):
     torch.manual_seed(0)
     learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
     losses = losses_over_steps(learner, batch_of(tiny_dataset, n=6), steps=30)
@@ -112,15 +138,34 @@ def test_without_retrieval_cfr_is_its_mapping_alone(tiny_dataset):
         assert not torch.equal(learner.anomaly_map(batch), CFMLearner.anomaly_map(learner, batch))
 
 
-def test_two_step_run_reloads_into_a_fresh_learner(tiny_run_config, tiny_dataset):
+RELOAD_SCRIPT = """
+import json, sys, torch
+from incad.config import validate_config
+from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.sample import collate
+from incad.learners import create_learner
+from incad.resolve import resolve
+config_path, state_path, root, out_path = sys.argv[1:5]
+learner = create_learner(resolve(validate_config(json.loads(open(config_path).read()))), num_objects=4).eval()
+learner.load_state_dict(torch.load(state_path, weights_only=True))
+dataset = AnomalyDetectionDataset(root, ["wave"], "test", image_size=64, object_ids={"wave": 0})
+with torch.no_grad():
+    torch.save(learner.anomaly_map(collate([dataset[i] for i in range(4)])), out_path)
+"""
+
+
+def test_two_step_run_reloads_in_a_new_process_with_the_same_maps(tiny_run_config, tiny_dataset, tmp_path):
     tiny_run_config["learner"] = {"name": "cfr", "hidden_dim": 32, "max_memory_per_step": 50}
     tiny_run_config["tracking"]["enabled"] = False
-    config = validate_config(tiny_run_config)
-    result = run_experiment(config, show_progress=False)
+    result = run_experiment(validate_config(tiny_run_config), show_progress=False)
     trained = result.learner.cpu().eval()
     assert len(trained.memory_2d) == 3 * 50 and int(trained.memory_steps) == 3  # base experience + 2 steps
-    fresh = create_learner(resolve(config), num_objects=4).eval()
-    fresh.load_state_dict(trained.state_dict())
-    batch = batch_of(tiny_dataset, "wave", n=4, split="test")
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config))
+    torch.save(trained.state_dict(), tmp_path / "state.pt")
     with torch.no_grad():
-        torch.testing.assert_close(fresh.anomaly_map(batch), trained.anomaly_map(batch), atol=1e-6, rtol=0)
+        expected = trained.anomaly_map(batch_of(tiny_dataset, "wave", n=4, split="test"))
+    arguments = [str(tmp_path / name) for name in ("config.json", "state.pt")] + [str(tiny_dataset), str(tmp_path / "maps.pt")]
+    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, *arguments], check=True, cwd=REPO_ROOT)
+    reloaded = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(reloaded, expected, atol=1e-6, rtol=0)

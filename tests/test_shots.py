@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import mlflow
 import pytest
 from scenario_helpers import scenario_of
 
@@ -60,9 +62,13 @@ def test_zero_shots_is_refused_at_load(tiny_run_config):
         validate_config(with_shots(tiny_run_config, 0))
 
 
-def test_a_run_records_the_drawn_samples(tiny_run_config):
-    raw = with_shots({**tiny_run_config, "tracking": {"enabled": False}, "device": "cpu"}, 2)
+def test_a_run_records_the_drawn_samples_in_results_and_mlflow(tiny_run_config, tmp_path):
+    raw = with_shots({**tiny_run_config, "device": "cpu"}, 2)
     result = run_experiment(validate_config(raw), show_progress=False)
     recorded = json.loads((result.output_dir / "results.json").read_text())["shot_samples"]
     assert recorded == scenario_of(raw).shot_samples
     assert all(len(paths) == 2 and all(path.endswith(".png") for path in paths) for paths in recorded.values())
+    client = mlflow.MlflowClient(raw["tracking"]["tracking_uri"])
+    assert client.get_run(result.mlflow_run_id).data.params["dataset.shots"] == "2"
+    logged = client.download_artifacts(result.mlflow_run_id, "results.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text())["shot_samples"] == recorded
