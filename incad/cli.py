@@ -118,11 +118,13 @@ def _prepare(args: argparse.Namespace) -> int:
     from incad.config import load_config
     from incad.data.check import format_counts
     from incad.data.datasets import prepare_dataset
+    from incad.scenario import scenario_classes
 
     config = load_config(args.scenario, overrides=args.set)
-    prepared = prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress=not args.no_progress)
+    classes = scenario_classes(config)
+    prepared = prepare_dataset(config.dataset, classes, show_progress=not args.no_progress)
     print(f"Dataset ready in {prepared.root}")
-    print(format_counts(prepared.counts or prepared.sample_counts(list(config.scenario.classes) or None)))
+    print(format_counts(prepared.counts or prepared.sample_counts(classes)))
     if prepared.skipped:
         print(f"{len(prepared.skipped)} bad sample(s) left out (dataset.on_bad_sample: skip):")
         print("\n".join(f"  - {line}" for line in prepared.skipped))

@@ -24,7 +24,7 @@ from incad.models.backbones.feature_store import store_folder
 from incad.paths import path_within
 from incad.resolve import ResolvedRun, resolve
 from incad.run_folder import CheckpointManifest, locked_run_folder
-from incad.scenario import Scenario, build_scenario
+from incad.scenario import Scenario, build_scenario, scenario_classes
 from incad.strategies import create_strategy
 from incad.tracking.mlflow_logger import MlflowLogger
 from incad.tracking.mlflow_tracker import MlflowTracker
@@ -64,7 +64,7 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_data(config: RunConfig, show_progress: bool = False) -> PreparedDataset:
     """The data the run reads: generated synthetic data, the user's folder, or its preprocessed cache, with its reader."""
-    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress)
+    return prepare_dataset(config.dataset, scenario_classes(config), show_progress)
 
 
 def refuse_untrained(config: RunConfig, learner: Learner) -> None:
