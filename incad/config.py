@@ -43,7 +43,7 @@ class DatasetConfig(StrictModel):
     ``synthetic`` generates the embedded default data set into ``root`` (a cache
     folder keyed by the generator settings); ``mvtec3d`` and ``folder`` (a
     user's own data) read a folder in the MVTec 3D-AD layout at ``root``,
-    ``eyecandies`` and ``mvtec_ad`` (RGB only) their own layouts (see
+    ``eyecandies``, ``mvtec_ad`` and ``visa`` (both RGB only) their own layouts (see
     :mod:`incad.data.readers`). ``preprocessing`` (off by default) writes the
     background-removed copy into ``cache_dir``; ``on_bad_sample: skip`` leaves
     unreadable or inconsistent samples out and reports them instead of stopping.
