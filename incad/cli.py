@@ -1,4 +1,4 @@
-"""Command line: ``incad run``, ``incad compare``, ``incad predict`` and ``incad data synth|prepare|check``.
+"""Command line: ``incad run``, ``incad compare``, ``incad report``, ``incad predict`` and ``incad data synth|prepare|check``.
 
 Errors that incad raises on purpose (bad config, bad data) print as one
 paragraph naming the key or file, with exit code 2, instead of a traceback.
@@ -45,8 +45,11 @@ def _run(args: argparse.Namespace) -> int:
     config = run.config
     result = run_experiment(run, show_progress=not args.no_progress, resume=args.resume, force=args.force)
     split = config.scenario
+    setting = f"{split.base}-{split.increment} with {split.steps} steps"
+    if split.split_files is not None:
+        setting = f"split files {split.split_files.folder} ({result.scenario.num_steps} steps)"
     print(
-        f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "
+        f"\n{config.name}: {setting}, {split.modality}, "
         f"learner {config.learner.name}, strategy {config.strategy.name}; "
         f"training {sum(result.step_seconds):.1f} s"
     )
@@ -89,6 +92,18 @@ def _compare(args: argparse.Namespace) -> int:
     )
     print(comparison.table_markdown)
     print(f"\nTable, plots and per-run outputs in {comparison.output_dir}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from incad.tracking.paper_table import log_report, write_report
+
+    paths, mlflow_run = write_report(args.folder)
+    print(paths[0].read_text())
+    print("Written: " + ", ".join(str(path) for path in paths))
+    if mlflow_run and not args.no_log:
+        log_report(paths, mlflow_run)
+        print(f"Logged to MLflow run {mlflow_run['run_id']} in {mlflow_run['tracking_uri']}")
     return 0
 
 
@@ -167,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value of every run")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", help="per-class I-AUROC/AUPRO/FM table of a run or comparison (IB-IUMAD Table 1 layout)")
+    report.add_argument("folder", type=Path, help="a run's output folder (outputs/<name>) or a comparison's (outputs/<name>-compare)")
+    report.add_argument("--no-log", action="store_true", help="write the files only; do not log them to the MLflow run")
+    report.set_defaults(handler=_report)
 
     predict = commands.add_parser("predict", help="score images with a registered model")
     predict.add_argument("--model", required=True, help="a model URI, e.g. models:/quickstart@champion")

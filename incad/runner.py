@@ -27,7 +27,7 @@ from incad.run_folder import CheckpointManifest, locked_run_folder
 from incad.scenario import Scenario, build_scenario, scenario_classes
 from incad.strategies import create_strategy
 from incad.tracking.mlflow_logger import MlflowLogger
-from incad.tracking.mlflow_tracker import MlflowTracker
+from incad.tracking.mlflow_tracker import MlflowTracker, resolve_tracking_uri
 from incad.tracking.model_registry import register_step_model
 from incad.tracking.progress import ProgressBarPlugin
 from incad.tracking.report import write_run_report
@@ -150,8 +150,9 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
             manifest.record(step)
             save_checkpoint(checkpoints, step, strategy, matrices, config_json, tracker.run_id, step_seconds)
         summary = matrices.summary()
+        mlflow_run = {"run_id": tracker.run_id, "tracking_uri": resolve_tracking_uri(config.tracking.tracking_uri)} if tracker.run_id else None
         artifacts = write_run_report(
-            output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
+            output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples, mlflow_run
         )
         tracker.log_final(matrices, summary, artifacts)
     return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, tracker.run_id, learner)
