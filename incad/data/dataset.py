@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from incad.data.access import check_read
 from incad.data.readers.base import LayoutReader, OnBadSample, Record, depth_image
 from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.sample import Sample
@@ -98,6 +99,7 @@ class AnomalyDetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
+        check_read(self.split, str(record.rgb))  # the test split is readable only during evaluation (incad.data.access)
         raw = self.reader.read_sample(record, self.load_xyz)
         image = torch.from_numpy(raw.rgb).permute(2, 0, 1).float().div(255.0)
         image = _resize(image, self.image_size, "bicubic").clamp(0.0, 1.0)
