@@ -6,7 +6,6 @@ import csv
 import json
 import math
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 

@@ -52,7 +52,7 @@ def data_phase(name: str) -> Iterator[None]:
 def check_read(split: str, path: str) -> None:
     """Report a read of ``path`` (a sample of ``split``) to the listeners; refuse a test sample outside evaluation."""
     phase = current_phase()
-    for listener in list(_listeners):
+    for listener in _listeners:
         listener(phase, split, path)
     if split == TEST_SPLIT and phase is not None and phase != EVALUATION:
         raise SplitAccessError(
