@@ -88,6 +88,7 @@ def _split_file_records(
     folder = split_folder(config.scenario.split_files.folder, config.dataset.root)
     require_files(plan, Path(config.dataset.root or prepared.root), folder)
     reader, root = prepared.reader, prepared.root
+    listing_problems: list | None = None if config.dataset.on_bad_sample == "error" else []
     listed: dict[Path, Record] = {}
     for class_name in plan.class_order:
         if not (root / class_name).is_dir():
@@ -95,8 +96,9 @@ def _split_file_records(
         for split, folder_name in reader.splits.items():
             if split == "validation" and not (root / class_name / folder_name).is_dir():
                 continue
-            for record in reader.list_records(root, class_name, split, None if config.dataset.on_bad_sample == "error" else []):
+            for record in reader.list_records(root, class_name, split, listing_problems):
                 listed[record.rgb] = record
+    skipped.extend(str(problem) for problem in listing_problems or [])
     unknown: list[SplitEntry] = []
 
     def records(entries: list[SplitEntry]) -> list[Record]:
@@ -135,10 +137,9 @@ def build_scenario(config: RunConfig, prepared: PreparedDataset) -> Scenario:
     if plan is None:
         order = resolve_class_order(config, prepared, class_problems if skipping else None)
         step_classes = config.scenario.step_classes(order)
+        skipped = prepared.skipped + [str(problem) for problem in class_problems]
     else:
-        order, step_classes = plan.class_order, plan.step_classes
-    skipped = prepared.skipped + [str(problem) for problem in class_problems]
-    if plan is not None:
+        order, step_classes, skipped = plan.class_order, plan.step_classes, list(prepared.skipped)
         step_records["train"], step_records["test"] = _split_file_records(config, prepared, plan, skipped)
     object_ids = {name: index for index, name in enumerate(order)}
 
