@@ -1,4 +1,4 @@
-"""Command line: ``incad run``, ``incad compare``, ``incad predict`` and ``incad data synth|prepare|check``.
+"""Command line: ``incad run``, ``incad compare``, ``incad report``, ``incad predict`` and ``incad data synth|prepare|check``.
 
 Errors that incad raises on purpose (bad config, bad data) print as one
 paragraph naming the key or file, with exit code 2, instead of a traceback.
@@ -49,8 +49,11 @@ def _run(args: argparse.Namespace) -> int:
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
     split = config.scenario
+    setting = f"{split.base}-{split.increment} with {split.steps} steps"
+    if split.split_files is not None:
+        setting = f"split files {split.split_files.folder} ({result.scenario.num_steps} steps)"
     print(
-        f"\n{config.name}: {split.base}-{split.increment} with {split.steps} steps, {split.modality}, "
+        f"\n{config.name}: {setting}, {split.modality}, "
         f"learner {config.learner.name}, strategy {config.strategy.name}; "
         f"training {sum(result.step_seconds):.1f} s"
     )
@@ -105,6 +108,18 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from incad.tracking.paper_table import log_report, write_report
+
+    paths, mlflow_run = write_report(args.folder)
+    print(paths[0].read_text())
+    print("Written: " + ", ".join(str(path) for path in paths))
+    if mlflow_run and not args.no_log:
+        log_report(paths, mlflow_run)
+        print(f"Logged to MLflow run {mlflow_run['run_id']} in {mlflow_run['tracking_uri']}")
+    return 0
+
+
 def _names(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -131,11 +146,13 @@ def _prepare(args: argparse.Namespace) -> int:
     from incad.config import load_config
     from incad.data.check import format_counts
     from incad.data.datasets import prepare_dataset
+    from incad.scenario import scenario_classes
 
     config = load_config(args.scenario, overrides=args.set)
-    prepared = prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress=not args.no_progress)
+    classes = scenario_classes(config)
+    prepared = prepare_dataset(config.dataset, classes, show_progress=not args.no_progress)
     print(f"Dataset ready in {prepared.root}")
-    print(format_counts(prepared.counts or prepared.sample_counts(list(config.scenario.classes) or None)))
+    print(format_counts(prepared.counts or prepared.sample_counts(classes)))
     if prepared.skipped:
         print(f"{len(prepared.skipped)} bad sample(s) left out (dataset.on_bad_sample: skip):")
         print("\n".join(f"  - {line}" for line in prepared.skipped))
@@ -182,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--cpus-per-run", type=float, default=None, help="with --executor ray: CPUs each combination reserves (default 1)")
     compare.add_argument("--gpus-per-run", type=float, default=None, help="with --executor ray: GPUs each combination reserves (default 0)")
     compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", help="per-class I-AUROC/AUPRO/FM table of a run or comparison (IB-IUMAD Table 1 layout)")
+    report.add_argument("folder", type=Path, help="a run's output folder (outputs/<name>) or a comparison's (outputs/<name>-compare)")
+    report.add_argument("--no-log", action="store_true", help="write the files only; do not log them to the MLflow run")
+    report.set_defaults(handler=_report)
 
     predict = commands.add_parser("predict", help="score images with a registered model")
     predict.add_argument("--model", required=True, help="a model URI, e.g. models:/quickstart@champion")

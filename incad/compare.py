@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +40,14 @@ import mlflow
 import numpy as np
 
 from incad.config import RunConfig, load_config
-from incad.errors import ConfigError, IncadError
+from incad.errors import ConfigError
 from incad.evaluation.results import METRICS, ResultMatrices
 from incad.metrics import average_per_step
 from incad.paths import path_within, safe_name
 from incad.resolve import ResolvedRun, resolve
 from incad.runner import run_experiment
 from incad.tracking.mlflow_tracker import open_tracking_store, resolve_tracking_uri
+from incad.tracking.paper_table import COMPARE_RUNS
 from incad.tracking.plots import plot_heatmaps, plot_metric_vs_step
 from incad.writable import SERVER_PREFIXES, require_answering_server
 
@@ -334,6 +337,20 @@ def seed_mean_matrices(runs: list[CombinationRun], metric: str) -> dict[str, tup
     return {label: (np.mean(np.stack(matrices), axis=0), names[label]) for label, matrices in grouped.items()}
 
 
+def write_member_list(runs: list[CombinationRun], output_dir: Path, parent_run_id: str | None, tracking_uri: str | None) -> Path:
+    """``runs.json``: each member run's folder (relative to the outputs folder) and label, and the parent MLflow run, for ``incad report``."""
+    members = [
+        {"label": f"{run.strategy} ({run.learner}) s{run.seed}", "folder": os.path.relpath(path_within(run.config.output_dir, run.config.name), output_dir.parent)}
+        for run in runs
+    ]
+    listing: dict = {"runs": members}
+    if parent_run_id:
+        listing["mlflow"] = {"run_id": parent_run_id, "tracking_uri": resolve_tracking_uri(tracking_uri)}
+    path = output_dir / COMPARE_RUNS
+    path.write_text(json.dumps(listing, indent=2))
+    return path
+
+
 def run_comparison(
     scenario: Path,
     strategies: list[str],
@@ -376,7 +393,7 @@ def run_comparison(
         table = markdown_table(rows)
         markdown_path = output_dir / "comparison.md"
         markdown_path.write_text(table + "\n")
-        files = [markdown_path, write_csv(rows, output_dir / "comparison.csv")]
+        files = [markdown_path, write_csv(rows, output_dir / "comparison.csv"), write_member_list(runs, output_dir, parent_run_id, tracking.tracking_uri)]
         if runs:
             per_metric = {name: seed_mean_matrices(runs, name) for name in METRICS}
             curves = {label: {name: average_per_step(per_metric[name][label][0]) for name in METRICS} for label in per_metric["i_auroc"]}

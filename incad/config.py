@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from incad.data.names import DATASET_NAMES
 from incad.data.preprocess import PreprocessingConfig
+from incad.data.split_files import SplitFormat
 from incad.data.synthetic import SyntheticConfig, class_names
 from incad.errors import ConfigError, format_validation_error
 from incad.paths import safe_name
@@ -42,7 +43,7 @@ class DatasetConfig(StrictModel):
     ``synthetic`` generates the embedded default data set into ``root`` (a cache
     folder keyed by the generator settings); ``mvtec3d`` and ``folder`` (a
     user's own data) read a folder in the MVTec 3D-AD layout at ``root``,
-    ``eyecandies`` and ``mvtec_ad`` (RGB only) their own layouts (see
+    ``eyecandies``, ``mvtec_ad`` and ``visa`` (both RGB only) their own layouts (see
     :mod:`incad.data.readers`). ``preprocessing`` (off by default) writes the
     background-removed copy into ``cache_dir``; ``on_bad_sample: skip`` leaves
     unreadable or inconsistent samples out and reports them instead of stopping.
@@ -65,23 +66,47 @@ class DatasetConfig(StrictModel):
         return self
 
 
+class SplitFilesConfig(StrictModel):
+    """``scenario.split_files``: a published protocol's per-step split files (see :mod:`incad.data.split_files`).
+
+    ``folder`` is relative to ``dataset.root`` unless absolute; ``format``
+    ``auto`` tells the formats apart by file type and fields; ``steps`` lists the
+    step keys (the file names' ``<key>``) in order when natural order is wrong.
+    """
+
+    folder: Path
+    format: SplitFormat = "auto"
+    steps: list[str] | None = None
+
+
 class ScenarioConfig(StrictModel):
-    """A class-incremental split written as in the papers: "B-I with S steps".
+    """A class-incremental split written as in the papers: "B-I with S steps", or a published protocol's split files.
 
     ``base`` classes are learned first, then ``increment`` new classes at each of
     ``steps`` incremental steps (10-0 with 0 steps, 9-1 with 1, 6-4 with 1,
     6-1 with 4 ...). ``classes`` fixes the order; empty means every class of the
-    dataset in sorted order.
+    dataset in sorted order. With ``split_files`` the classes, steps and
+    samples come from the files instead, so none of the four is given.
     """
 
     classes: list[FolderName] = Field(default_factory=list)
-    base: int = Field(ge=1)
+    base: int | None = Field(None, ge=1)
     increment: int = Field(0, ge=0)
     steps: int = Field(0, ge=0)
     modality: Modality = "rgb+depth"
+    split_files: SplitFilesConfig | None = None
 
     @model_validator(mode="after")
     def _steps_need_increment(self) -> "ScenarioConfig":
+        if self.split_files is not None:
+            given = [key for key in ("classes", "base", "increment", "steps") if key in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"scenario.split_files gives the classes and steps; remove scenario.{', scenario.'.join(given)}"
+                )
+            return self
+        if self.base is None:
+            raise ValueError("scenario.base is required (the classes of the first step), unless scenario.split_files gives the steps")
         if (self.steps > 0) != (self.increment > 0):
             raise ValueError(
                 "scenario.increment and scenario.steps go together: both 0 (joint training) or both positive"
@@ -181,7 +206,7 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _synthetic_classes_exist(self) -> "RunConfig":
         """The synthetic data set's classes are known from its config: check the split before generating it."""
-        if self.dataset.name != "synthetic":
+        if self.dataset.name != "synthetic" or self.scenario.split_files is not None:
             return self
         available = class_names(self.dataset.synthetic.num_classes)
         unknown = [name for name in self.scenario.classes if name not in available]

@@ -219,30 +219,40 @@ def _check_fpr_limit(fpr_limit: float) -> None:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
 
 
-def forgetting_measure(matrix: Any) -> float:
-    """Forgetting measure (IB-IUMAD eq. 1) from a step x object metric matrix.
+def forgetting_per_object(matrix: Any) -> np.ndarray:
+    """Each object's drop (IB-IUMAD eq. 1): its best value before the final step minus its final value.
 
     ``matrix[s, o]`` is the metric of object ``o`` after step ``s``, NaN before
-    ``o`` is learned. For each object already learned before the final step,
-    the drop is its best earlier value minus its final value (negative when
-    it improved; kept, so gains offset losses as in the paper); the result is
-    the mean drop. NaN with a single step or no object learned before the last.
+    ``o`` is learned. Negative when the object improved. NaN for an object
+    first learned at the final step (and for every object with a single step).
     """
     matrix = _step_object_matrix(matrix)
+    drops = np.full(matrix.shape[1], np.nan)
     if matrix.shape[0] < 2:
-        return float("nan")
+        return drops
     earlier, final = matrix[:-1], matrix[-1]
     learned_before = ~np.isnan(earlier).all(axis=0)
-    if not learned_before.any():
-        return float("nan")
     missing_final = learned_before & np.isnan(final)
     if missing_final.any():
         raise ValueError(
             f"matrix: objects {np.flatnonzero(missing_final).tolist()} were learned before "
             "the final step but have no value at the final step"
         )
-    best_earlier = np.nanmax(earlier[:, learned_before], axis=0)
-    return float(np.mean(best_earlier - final[learned_before]))
+    if learned_before.any():
+        drops[learned_before] = np.nanmax(earlier[:, learned_before], axis=0) - final[learned_before]
+    return drops
+
+
+def forgetting_measure(matrix: Any) -> float:
+    """Forgetting measure (IB-IUMAD eq. 1) from a step x object metric matrix.
+
+    The mean of :func:`forgetting_per_object` over the objects learned before
+    the final step (drops kept negative where an object improved, so gains
+    offset losses as in the paper). NaN with a single step or no object learned before the last.
+    """
+    drops = forgetting_per_object(matrix)
+    learned_before = np.isfinite(drops)
+    return float(np.mean(drops[learned_before])) if learned_before.any() else float("nan")
 
 
 def average_per_step(matrix: Any) -> np.ndarray:

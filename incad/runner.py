@@ -25,10 +25,10 @@ from incad.models.backbones.feature_store import store_folder
 from incad.paths import path_within
 from incad.resolve import ResolvedRun, resolve
 from incad.run_folder import CheckpointManifest, locked_run_folder
-from incad.scenario import Scenario, build_scenario
+from incad.scenario import Scenario, build_scenario, scenario_classes
 from incad.strategies import create_strategy
 from incad.tracking.mlflow_logger import MlflowLogger
-from incad.tracking.mlflow_tracker import MlflowTracker
+from incad.tracking.mlflow_tracker import MlflowTracker, resolve_tracking_uri
 from incad.tracking.model_registry import register_step_model
 from incad.tracking.progress import ProgressBarPlugin
 from incad.tracking.report import write_run_report
@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_data(config: RunConfig, show_progress: bool = False) -> PreparedDataset:
     """The data the run reads: generated synthetic data, the user's folder, or its preprocessed cache, with its reader."""
-    return prepare_dataset(config.dataset, list(config.scenario.classes) or None, show_progress)
+    return prepare_dataset(config.dataset, scenario_classes(config), show_progress)
 
 
 def refuse_untrained(config: RunConfig, learner: Learner) -> None:
@@ -177,8 +177,9 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
             barrier()
         summary = matrices.summary()
         if main:
+            mlflow_run = {"run_id": tracker.run_id, "tracking_uri": resolve_tracking_uri(config.tracking.tracking_uri)} if tracker.run_id else None
             artifacts = write_run_report(
-                output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples
+                output_dir, matrices, summary, step_seconds, scenario.class_order, built.skipped, learner.step_report(), built.shot_samples, mlflow_run
             )
             tracker.log_final(matrices, summary, artifacts)
     return RunResult(config, scenario, matrices, summary, step_seconds, output_dir, from_main_process(tracker.run_id), learner)

@@ -80,3 +80,19 @@ def test_cli_rejects_an_unknown_strategy(tmp_path, capsys, tiny_run_config):
     scenario.write_text(yaml.safe_dump({**tiny_run_config, "tracking": {"enabled": False}}))
     assert main(["compare", str(scenario), "--strategies", "naive,no-such-strategy", "--no-progress"]) == 2
     assert "no-such-strategy" in capsys.readouterr().err
+
+
+def test_report_of_the_comparison_has_a_column_group_per_run(comparison):
+    assert main(["report", str(comparison.output_dir)]) == 0
+    with (comparison.output_dir / "report.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [f"{run.strategy} ({run.learner}) s{run.seed}" for run in comparison.runs]
+    assert list(dict.fromkeys(row["run"] for row in rows)) == labels
+    for run, label in zip(comparison.runs, labels):
+        mean = next(row for row in rows if row["run"] == label and row["class"] == "mean")
+        assert float(mean["i_auroc"]) == run.summary["i_auroc/final_mean"]
+        dome = next(row for row in rows if row["run"] == label and row["class"] == "dome")
+        assert float(dome["aupro_30"]) == run.matrices.values["aupro_30"][-1, 0]
+    assert (comparison.output_dir / "report.md").read_text().count("FM (↓)") == 4
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    assert "report.tex" in {a.path for a in client.list_artifacts(comparison.parent_run_id)}

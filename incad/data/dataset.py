@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from incad.data.access import check_read
 from incad.data.readers.base import LayoutReader, OnBadSample, Record, depth_image
 from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.sample import Sample
@@ -38,7 +39,9 @@ class AnomalyDetectionDataset(Dataset):
     sample is read once up front and the bad ones are left out and listed in
     ``skipped``; with ``"error"`` the first bad file raises its DataError.
     ``shots`` keeps that many samples per class, drawn with ``shot_seed``
-    among the readable ones (:mod:`incad.data.shots`).
+    among the readable ones (:mod:`incad.data.shots`). ``records`` (from a
+    published split file, :mod:`incad.data.split_files`) replaces the reader's
+    listing of ``class_names`` in ``split``.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class AnomalyDetectionDataset(Dataset):
         on_bad_sample: OnBadSample = "error",
         shots: int | None = None,
         shot_seed: int = 0,
+        records: list[Record] | None = None,
     ) -> None:
         unknown = [name for name in class_names if name not in object_ids]
         if unknown:
@@ -65,7 +69,8 @@ class AnomalyDetectionDataset(Dataset):
         self.load_xyz = load_xyz
         self.reader = reader
         self.skipped: list[DataError] | None = [] if on_bad_sample == "skip" else None
-        records = [record for name in class_names for record in reader.list_records(self.root, name, split, self.skipped)]
+        if records is None:
+            records = [record for name in class_names for record in reader.list_records(self.root, name, split, self.skipped)]
         if load_xyz:
             without_points = next((record for record in records if record.points_file is None), None)
             if without_points is not None:
@@ -94,6 +99,7 @@ class AnomalyDetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
+        check_read(self.split, str(record.rgb))  # the test split is readable only during evaluation (incad.data.access)
         raw = self.reader.read_sample(record, self.load_xyz)
         image = torch.from_numpy(raw.rgb).permute(2, 0, 1).float().div(255.0)
         image = _resize(image, self.image_size, "bicubic").clamp(0.0, 1.0)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.preprocess import preprocess_dataset
-from incad.data.readers.base import LayoutReader, OnBadSample
+from incad.data.readers.base import LayoutReader, OnBadSample, Record
 from incad.data.readers.mvtec3d import MVTEC3D
 from incad.data.readers.registry import create_reader
 from incad.data.synthetic import ensure_synthetic
@@ -72,8 +72,9 @@ class PreparedDataset:
         on_bad_sample: OnBadSample = "error",
         shots: int | None = None,
         shot_seed: int = 0,
+        records: list[Record] | None = None,
     ) -> AnomalyDetectionDataset:
-        """The samples of ``classes`` in ``split``; point clouds only if the layout has them; ``shots`` per class if given."""
+        """The samples of ``classes`` in ``split`` (or the given ``records``); point clouds only if the layout has them; ``shots`` per class if given."""
         if load_xyz and not self.reader.has_points:
             raise ConfigError(f"scenario.modality: dataset '{self.reader.name}' has RGB images only; use scenario.modality: rgb")
         return AnomalyDetectionDataset(
@@ -87,6 +88,7 @@ class PreparedDataset:
             on_bad_sample=on_bad_sample,
             shots=shots,
             shot_seed=shot_seed,
+            records=records,
         )
 
 

@@ -3,4 +3,4 @@
 Kept free of imports so :mod:`incad.config` can read it without loading the readers.
 """
 
-DATASET_NAMES = ("synthetic", "mvtec3d", "folder", "eyecandies", "mvtec_ad")
+DATASET_NAMES = ("synthetic", "mvtec3d", "folder", "eyecandies", "mvtec_ad", "visa")

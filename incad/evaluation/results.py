@@ -63,6 +63,23 @@ class ResultMatrices:
         last = self.num_steps - 1 if up_to_step is None else up_to_step
         return metrics.forgetting_measure(self.values[metric][: last + 1])
 
+    def class_forgetting(self, metric: str) -> list[float]:
+        """Each class's drop of ``metric`` (best earlier minus final; NaN for a class learned at the last step)."""
+        return metrics.forgetting_per_object(self.values[metric]).tolist()
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Class -> ``<metric>`` (final value) and ``<metric>/fm`` (its drop), for every metric."""
+        last = self.num_steps - 1
+        forgetting = {name: self.class_forgetting(name) for name in METRICS}
+        return {
+            class_name: {
+                key: value
+                for name in METRICS
+                for key, value in ((name, float(self.values[name][last, index])), (f"{name}/fm", forgetting[name][index]))
+            }
+            for index, class_name in enumerate(self.class_names)
+        }
+
     def summary(self) -> dict[str, float]:
         """Final mean and FM of every metric, keyed ``<metric>/final_mean`` and ``<metric>/fm``."""
         result = {}

@@ -20,7 +20,9 @@ plugin system, but:
   (:mod:`incad.learners.terms`), each recorded by name in ``loss_terms`` for
   logging; strategy plugins add their own terms to ``strategy.loss`` and
   record them there too. What plugins may read from the template is
-  :class:`incad.plugins.contract.PluginHost`.
+  :class:`incad.plugins.contract.PluginHost`;
+- ``train`` (``fit`` and ``calibrate`` as their own phases) reads no test
+  sample and ``eval`` is the one phase that may (:mod:`incad.data.access`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from incad.data.access import EVALUATION, data_phase
 from incad.data.sample import Batch, collate
 from incad.distributed import is_distributed, sync_state_from_main, wrap_for_training
 from incad.learners.base import Learner
@@ -106,22 +109,32 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
             collate_fn=collate,
         )
 
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Training, its plugins' hooks included, reads no test sample (:mod:`incad.data.access`)."""
+        with data_phase("train"):
+            return super().train(experiences, eval_streams, **kwargs)
+
+    def eval(self, exp_list, **kwargs):
+        """The only phase in which the test split is readable."""
+        with data_phase(EVALUATION):
+            return super().eval(exp_list, **kwargs)
+
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
-        self._run_offline_stage(self.model.fit)
+        self._run_offline_stage("fit", self.model.fit)
         if any(parameter.requires_grad for parameter in self.model.parameters()):
             if is_distributed() and self.data_parallel is None:
                 self.data_parallel = wrap_for_training(self.model)
             super()._train_exp(experience, eval_streams, **kwargs)
-        self._run_offline_stage(self.model.calibrate)
+        self._run_offline_stage("calibrate", self.model.calibrate)
 
     @torch.no_grad()
-    def _run_offline_stage(self, stage) -> None:
+    def _run_offline_stage(self, phase: str, stage) -> None:
         """Run a learner's gradient-free stage (``fit`` or ``calibrate``) on this experience's data, in eval mode.
 
         Under torchrun every rank reads the whole experience (``eval_pass`` is
         not sharded) and the stage ends with rank 0's state on every rank.
         """
-        with eval_pass(self, self.eval_mb_size) as batches:
+        with data_phase(phase), eval_pass(self, self.eval_mb_size) as batches:
             stage(batches)
         sync_state_from_main(self.model)
 

@@ -191,12 +191,9 @@ class PredictionDataset(AnomalyDetectionDataset):
             missing = next((image for image, xyz in zip(images, point_clouds) if xyz is None), None)
             if missing is not None:
                 raise DataError(Path(missing), "has no point cloud, but this model uses depth.", "Pass the xyz TIFF of every image (column 'xyz').")
-        self.records = [Record(Path(image), Path(xyz) if xyz else None, None, "", "unknown", 0) for image, xyz in zip(images, point_clouds)]
-        self.image_size = image_size
-        self.load_xyz = load_xyz
-        self.reader = MVTEC3D
-        self.skipped = None
-        self.object_ids_per_sample = [0] * len(self.records)
+        records = [Record(Path(image), Path(xyz) if xyz else None, None, "", "unknown", 0) for image, xyz in zip(images, point_clouds)]
+        # "predict" is no split of a dataset: the guard of incad.data.access concerns the test split only.
+        super().__init__(Path("."), [], "predict", image_size, {"": 0}, load_xyz, MVTEC3D, records=records)
 
 
 class AnomalyDetector:

@@ -30,9 +30,13 @@ def write_run_report(
     skipped: list[str],
     learner_report: dict[str, float],
     shot_samples: dict[str, list[str]],
+    mlflow_run: dict[str, str] | None = None,
 ) -> list[Path]:
     """The step x object CSVs, the per-class plot, the skipped list and ``results.json``; returns their paths.
 
+    ``results.json`` holds the final means and FM (``summary``), each class's
+    final value and drop (``per_class``) and, with tracking, the MLflow run
+    (``mlflow``: ``run_id``, ``tracking_uri``) that ``incad report`` logs its tables to.
     ``shot_samples`` (few-shot runs) lists each class's training samples, relative to the dataset root.
     """
     artifacts = [*matrices.write_csv(output_dir), plot_metric_per_class(matrices, output_dir / "metrics_per_class.png")]
@@ -40,6 +44,7 @@ def write_run_report(
     results_path = output_dir / "results.json"
     results = {
         "summary": summary,
+        "per_class": matrices.per_class(),
         "step_seconds": step_seconds,
         "classes": classes,
         "skipped_samples": skipped,
@@ -47,5 +52,7 @@ def write_run_report(
     }
     if shot_samples:
         results["shot_samples"] = shot_samples
+    if mlflow_run:
+        results["mlflow"] = mlflow_run
     results_path.write_text(json.dumps(results, indent=2))
     return [*artifacts, results_path]

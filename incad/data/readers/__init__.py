@@ -4,4 +4,4 @@ Importing the package imports every layout module, so the registry is complete
 whichever module a caller imports first.
 """
 
-from incad.data.readers import eyecandies, mvtec3d, mvtec_ad  # noqa: F401  (importing registers the readers)
+from incad.data.readers import eyecandies, mvtec3d, mvtec_ad, visa  # noqa: F401  (importing registers the readers)
