@@ -29,14 +29,14 @@ def batch_of(root, name="dome", n=4, split="train"):
 
 def calibrated(root, options=SMALL):
     torch.manual_seed(0)
-    learner = CFRLearner(options, modality="rgb+depth", num_objects=2, image_size=64).eval()
+    learner = CFRLearner(options, modality="rgb+depth", class_names=("a", "b"), image_size=64).eval()
     learner.calibrate([batch_of(root)])
     return learner
 
 
 def test_cycle_terms_vanish_for_an_identity_pair_and_not_otherwise(tiny_dataset):
     torch.manual_seed(0)
-    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset)
     values, _ = evaluate_terms(learner, learner(batch), batch)
     assert set(values) == {"mapping/2d_to_3d", "mapping/3d_to_2d", "cycle/2d", "cycle/3d"}
@@ -48,12 +48,12 @@ def test_cycle_terms_vanish_for_an_identity_pair_and_not_otherwise(tiny_dataset)
 
 
 def test_a_zero_weight_leaves_its_terms_out_and_training_lowers_the_loss(tiny_dataset):
-    without_cycle = CFRLearner(SMALL.model_copy(update={"cycle_weight": 0.0}), modality="rgb+depth", num_objects=1, image_size=64)
+    without_cycle = CFRLearner(SMALL.model_copy(update={"cycle_weight": 0.0}), modality="rgb+depth", class_names=("a",), image_size=64)
     assert [term.name for term in without_cycle.loss_terms()] == ["mapping/2d_to_3d", "mapping/3d_to_2d"]
-    without_mapping = CFRLearner(SMALL.model_copy(update={"mapping_weight": 0.0}), modality="rgb+depth", num_objects=1, image_size=64)
+    without_mapping = CFRLearner(SMALL.model_copy(update={"mapping_weight": 0.0}), modality="rgb+depth", class_names=("a",), image_size=64)
     assert [term.name for term in without_mapping.loss_terms()] == ["cycle/2d", "cycle/3d"]
     torch.manual_seed(0)
-    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     losses = losses_over_steps(learner, batch_of(tiny_dataset, n=6), steps=30)
     assert losses[-1] < 0.5 * losses[0]
 
@@ -119,7 +119,7 @@ def test_two_step_run_reloads_into_a_fresh_learner(tiny_run_config, tiny_dataset
     result = run_experiment(config, show_progress=False)
     trained = result.learner.cpu().eval()
     assert len(trained.memory_2d) == 3 * 50 and int(trained.memory_steps) == 3  # base experience + 2 steps
-    fresh = create_learner(resolve(config), num_objects=4).eval()
+    fresh = create_learner(resolve(config), config.scenario.classes).eval()
     fresh.load_state_dict(trained.state_dict())
     batch = batch_of(tiny_dataset, "wave", n=4, split="test")
     with torch.no_grad():

@@ -93,7 +93,7 @@ def test_trained_learner_loads_into_a_fresh_one(runs, tiny_dataset):
     state = trained.state_dict()
     for key in growing_buffer_names(trained):
         assert state[key].shape[0] > 0, f"{key} grew during training"
-    fresh = create_learner(resolve(runs["uninterrupted"].config), num_objects=len(CLASSES)).eval()
+    fresh = create_learner(resolve(runs["uninterrupted"].config), CLASSES).eval()
     fresh.load_state_dict(state)
     registered = load_registered_model(f"models:/state-{runs['name']}/latest", tracking_uri=runs["tracking_uri"]).learner
     dataset = AnomalyDetectionDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})
