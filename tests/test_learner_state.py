@@ -35,6 +35,7 @@ TINY_OPTIONS: dict[str, dict] = {
     "cfr": {"hidden_dim": 32, "max_memory_per_step": 64},
     "patchcore": {"coreset_ratio": 0.25},
     "uni_rcm": {"hidden_dim": 32, "num_blocks": 1, "codes_per_fit_2d": 16, "codes_per_fit_3d": 8, "quantizer_levels": 3},
+    "text_guided": {"hidden_dim": 32, "expert_hidden_dim": 32, "num_experts": 3, "top_k": 2},
 }
 
 

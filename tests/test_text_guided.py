@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from training_helpers import losses_over_steps
 
 from incad.config import validate_config
 from incad.data.dataset import AnomalyDetectionDataset
@@ -22,11 +23,16 @@ from incad.learners.terms import evaluate_terms
 from incad.learners.text_guided import TextGuidedLearner, TextGuidedOptions
 from incad.learners.text_guided.gacm import GeometryAwareMapper
 from incad.learners.text_guided.octa import TopKMixtureOfExperts
-from incad.models.text import NORMAL_STATE_DESCRIPTORS, PROMPT_TEMPLATES, normal_state_prompts, prompt_embeddings, readable_class_name
+from incad.models.text import (
+    NORMAL_STATE_DESCRIPTORS,
+    PROMPT_TEMPLATES,
+    normal_state_prompts,
+    prompt_embeddings,
+    readable_class_name,
+)
 from incad.resolve import resolve_raw
 from incad.runner import run_experiment
 from incad.strategies.registry import create_strategy
-from training_helpers import losses_over_steps
 
 SMALL = TextGuidedOptions(hidden_dim=32, expert_hidden_dim=32, num_experts=3, top_k=2, dropout=0.0)
 CLASSES = ("dome", "ring")
@@ -127,9 +133,9 @@ def test_encoder_is_offline_and_gives_the_same_embedding_twice(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     command = [sys.executable, "-c", ENCODE_TWICE]
     unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode == 0:
+    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0:
         command = [unshare, "-rn", *command]
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "offline-ok 384 1.0" in completed.stdout
 
@@ -226,7 +232,7 @@ def test_two_step_run_and_predict_through_the_registry(tiny_run_config, tiny_dat
     for name, extra in (("dome", ["--object", "dome"]), ("unknown", [])):
         completed = subprocess.run(
             [sys.executable, "-m", "incad.cli", "predict", "--model", "models:/tiny-text/latest", str(tiny_dataset / "dome" / "test"), "--out", str(out / name), *extra],
-            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path, check=False,
         )
         assert completed.returncode == 0, completed.stderr[-3000:]
     # With the class given, the registered model scores dome's test images as the run did (same maps, same class anchor).
@@ -239,6 +245,6 @@ def test_two_step_run_and_predict_through_the_registry(tiny_run_config, tiny_dat
     assert [records[p] for p in batch.path] == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-6)
     completed = subprocess.run(
         [sys.executable, "-m", "incad.cli", "predict", "--model", "models:/tiny-text/latest", str(tiny_dataset / "dome" / "test"), "--out", str(out / "bad"), "--object", "teapot"],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path, check=False,
     )
     assert completed.returncode == 2 and "teapot" in completed.stderr and "dome" in completed.stderr

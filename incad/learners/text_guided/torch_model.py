@@ -101,7 +101,7 @@ class TextGuidedOptions(CFMOptions):
     skip_non_finite_gradients: bool = True
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TextGuidedOptions":
+    def _consistent(self) -> TextGuidedOptions:
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
         if self.alpha == 0 and self.beta == 0:
