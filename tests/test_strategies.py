@@ -200,7 +200,7 @@ def test_iuf_compresses_then_projects_gradients_out_of_the_stored_subspace(tiny_
 
 def test_iuf_needs_transformer_decoders():
     with pytest.raises(ConfigError, match="nn.TransformerDecoder"):
-        IUF.plugins(IUF.Options(), Learner("rgb"))
+        IUF.plugins(IUF.Options(), Learner("rgb", class_names=("object",)))
 
 
 def test_iuf_serves_ib_iumad(tiny_run_config):
@@ -230,7 +230,7 @@ def test_the_template_provides_what_plugins_may_read(tiny_run_config):
 
 
 def test_eval_pass_runs_in_eval_mode_unshuffled_and_restores_the_mode():
-    learner = Learner("rgb")
+    learner = Learner("rgb", class_names=("object",))
     modes_seen: list[bool] = []
 
     class Item:
