@@ -1,4 +1,4 @@
-"""RLR, CFM, Uni-RCM, the plain reconstruction learner and IB-IUMAD under naive fine-tuning, in one run.
+"""RLR, CFM, Uni-RCM, text-guided, the plain reconstruction learner and IB-IUMAD under naive fine-tuning, in one run.
 
 Every learner runs the quickstart scenario (5 synthetic classes, 3-1 with 2
 steps, rgb+depth, same seed): ``experiments/quickstart.yaml`` for
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import QUICKSTART, REPO_ROOT, add_threads_option, in_own_process, markdown_table, run_figures, start_benchmark
 
-LEARNERS = ("rlr", "cfm", "uni_rcm", "reconstruction", "ib_iumad")
+LEARNERS = ("rlr", "cfm", "uni_rcm", "text_guided", "reconstruction", "ib_iumad")
 QUICKSTART_LEARNERS = {"reconstruction", "ib_iumad"}
 # IBFM fuses the MRN states after decoder layer 2 and after the last one: the quickstart's 2 layers cannot express that.
 LEARNER_OVERRIDES = {"ib_iumad": ["learner.decoder_layers=4"]}

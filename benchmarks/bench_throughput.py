@@ -30,7 +30,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch 16, rgb+depth, 224x224, efficientnet-lite0")
     for label, sizes in SIZES.items():
         options = ReconstructionOptions(cache_features=False, **sizes)
-        learner = ReconstructionLearner(options, modality="rgb+depth", num_objects=5, image_size=224).eval()
+        learner = ReconstructionLearner(options, modality="rgb+depth", class_names=[f"object_{index}" for index in range(5)], image_size=224).eval()
         trainable = sum(p.numel() for p in learner.parameters() if p.requires_grad)
         print(f"{label:<40} {learner_images_per_second(learner, 224, repeats=5):6.1f} images/s   trainable parameters {trainable / 1e6:.2f} M")
     print(f"peak resident memory of this process: {peak_gib():.2f} GiB")

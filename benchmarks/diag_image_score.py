@@ -154,7 +154,7 @@ def main() -> None:
         if args.dump:
             torch.save(learner.state_dict(), args.dump)
     else:
-        learner = create_learner(run, num_objects=1)
+        learner = create_learner(run, [args.class_name])
         learner.load_state_dict(torch.load(args.weights))
     learner.eval()
     prepared = prepare_data(config)

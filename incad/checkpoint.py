@@ -125,6 +125,8 @@ def save_checkpoint(folder: Path, step: int, strategy, matrices: ResultMatrices,
         "mlflow_run_id": mlflow_run_id,
         "step_seconds": step_seconds,
         "clock": _clock_counters(strategy),
+        # The learner was built from this order (Learner.class_names): a resume must rebuild the same one.
+        "class_order": list(matrices.class_names),
     }
     try:
         partial.mkdir(parents=True)
@@ -213,6 +215,12 @@ def _check_fits(path: Path, meta: dict, state: dict, strategy, matrices: ResultM
         raise ConfigError(
             f"--resume: the checkpoint {path} was written with a different configuration (sections {', '.join(changed)} differ); "
             "resume with the same YAML and --set values, or run without --resume to start again"
+        )
+    saved_order = meta.get("class_order", list(matrices.class_names))
+    if saved_order != list(matrices.class_names):
+        raise ConfigError(
+            f"--resume: the checkpoint {path} was written for the class order {saved_order}, the scenario now has "
+            f"{list(matrices.class_names)} (the dataset's classes changed?); resume on the same data or run without --resume"
         )
     plugins = stateful_plugins(strategy)
     if set(plugins) != set(state["plugins"]):

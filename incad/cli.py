@@ -77,7 +77,7 @@ def _predict(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files; bars would bury an error line
     mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
     try:
-        prediction = predict(args.model, args.inputs, args.out, overwrite=args.overwrite)
+        prediction = predict(args.model, args.inputs, args.out, overwrite=args.overwrite, object_name=args.object)
     except mlflow.exceptions.MlflowException as exc:
         raise IncadError(f"--model {args.model}: {exc.message} (registry {mlflow.get_tracking_uri()}; pass --tracking-uri or set MLFLOW_TRACKING_URI)") from None
     print(summary(prediction))
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder for scores and overlays")
     predict.add_argument("--overwrite", action="store_true", help="replace an earlier prediction (scores.csv, scores.json, overlays) in --out")
     predict.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    predict.add_argument("--object", default=None, help="the class of every input image, for learners whose map uses it (text_guided); default: unknown")
     predict.set_defaults(handler=_predict)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

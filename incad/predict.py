@@ -103,14 +103,19 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise DataError(out_dir, f"already holds an earlier prediction ({names}).", "Pass --overwrite to replace it, or another --out folder.")
 
 
-def predict(model_uri: str, paths: list[Path], out_dir: Path, overwrite: bool = False) -> Prediction:
+def predict(model_uri: str, paths: list[Path], out_dir: Path, overwrite: bool = False, object_name: str | None = None) -> Prediction:
     """Score every image with the model at ``model_uri``; write scores and overlays into ``out_dir``.
+
+    ``object_name`` (``--object``) names the class of every image, for a
+    learner whose map depends on it (``text_guided``); without it the class is unknown.
 
     An earlier prediction in ``out_dir`` is refused unless ``overwrite``; then
     its files are removed once the new scores exist, so overlays never mix.
     """
     check_out_dir(out_dir, overwrite)
     inputs = collect_inputs(paths)
+    if object_name is not None:
+        inputs["object"] = object_name
     frame = load_registered_model(model_uri).predict(inputs)
     for path in earlier_prediction(out_dir):
         path.unlink()

@@ -139,7 +139,7 @@ def _run_in_folder(run: ResolvedRun, output_dir: Path, show_progress: bool, resu
     built = build_scenario(config, run.data)
     scenario = run.strategy.factory.adapt_scenario(built)
     matrices = ResultMatrices(scenario.class_order, scenario.num_steps)
-    learner = create_learner(run, num_objects=len(scenario.class_order))
+    learner = create_learner(run, scenario.class_order)
     refuse_untrained(config, learner)
     if config.training.feature_cache == "disk":
         attach_disk_store(learner, store_folder(cache_root(config.dataset), run.data.root))

@@ -58,7 +58,7 @@ def test_loss_ignores_invalid_tokens():
 
 
 def test_anomaly_map_is_zero_on_invalid_tokens_and_unaffected_by_them(tiny_dataset):
-    learner = CFMLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64).eval()
+    learner = CFMLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64).eval()
     batch = with_hole(batch_of(tiny_dataset, split="test"))
     maps = learner.anomaly_map(batch)
     assert maps.shape == (4, 4, 4)
@@ -83,7 +83,7 @@ def test_fpfh_features_pooled_per_cell(tiny_dataset):
 
 
 def test_fpfh_learner_maps_between_rgb_and_point_features(tiny_dataset):
-    learner = CFMLearner(SMALL.model_copy(update={"features_3d": "fpfh"}), modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFMLearner(SMALL.model_copy(update={"features_3d": "fpfh"}), modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset, n=2)
     outputs = learner(batch)
     assert outputs["3d/features"].shape == (2, 16, FPFH_DIM)
@@ -94,12 +94,12 @@ def test_fpfh_learner_maps_between_rgb_and_point_features(tiny_dataset):
 @pytest.mark.parametrize("modality", ["rgb", "depth"])
 def test_single_modality_is_a_config_error(modality):
     with pytest.raises(ConfigError, match="scenario.modality: rgb\\+depth"):
-        CFMLearner(SMALL, modality=modality, num_objects=1, image_size=64)
+        CFMLearner(SMALL, modality=modality, class_names=("a",), image_size=64)
 
 
 def test_a_few_steps_lower_the_loss(tiny_dataset):
     torch.manual_seed(0)
-    learner = CFMLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFMLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset, n=6)
     losses = losses_over_steps(learner, batch, steps=30)
     assert losses[-1] < 0.5 * losses[0]

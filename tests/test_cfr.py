@@ -33,14 +33,14 @@ def batch_of(root, name="dome", n=4, split="train"):
 
 def calibrated(root, options=SMALL):
     torch.manual_seed(0)
-    learner = CFRLearner(options, modality="rgb+depth", num_objects=2, image_size=64).eval()
+    learner = CFRLearner(options, modality="rgb+depth", class_names=("a", "b"), image_size=64).eval()
     learner.calibrate([batch_of(root)])
     return learner
 
 
 def test_cycle_terms_vanish_for_an_identity_pair_and_not_otherwise(tiny_dataset):
     torch.manual_seed(0)
-    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset)
     values, _ = evaluate_terms(learner, learner(batch), batch)
     assert set(values) == {"mapping/2d_to_3d", "mapping/3d_to_2d", "cycle/2d", "cycle/3d"}
@@ -62,7 +62,7 @@ WEIGHTS = {
 def test_each_term_has_its_own_weight_and_zero_leaves_it_out(tiny_dataset):
     batch = batch_of(tiny_dataset)
     torch.manual_seed(0)
-    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     values, total = evaluate_terms(learner, learner(batch), batch)
     for name, option in WEIGHTS.items():
         learner.options = SMALL.model_copy(update={option: 0.0})
@@ -79,7 +79,7 @@ def test_each_term_has_its_own_weight_and_zero_leaves_it_out(tiny_dataset):
 
 def test_training_lowers_the_loss(tiny_dataset):
     torch.manual_seed(0)
-    learner = CFRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = CFRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     losses = losses_over_steps(learner, batch_of(tiny_dataset, n=6), steps=30)
     assert losses[-1] < 0.5 * losses[0]
 
@@ -146,7 +146,8 @@ from incad.data.sample import collate
 from incad.learners import create_learner
 from incad.resolve import resolve
 config_path, state_path, root, out_path = sys.argv[1:5]
-learner = create_learner(resolve(validate_config(json.loads(open(config_path).read()))), num_objects=4).eval()
+config = validate_config(json.loads(open(config_path).read()))
+learner = create_learner(resolve(config), config.scenario.classes).eval()
 learner.load_state_dict(torch.load(state_path, weights_only=True))
 dataset = AnomalyDetectionDataset(root, ["wave"], "test", image_size=64, object_ids={"wave": 0})
 with torch.no_grad():

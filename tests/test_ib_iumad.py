@@ -24,7 +24,7 @@ def batch_of(root, n_per_class=3):
 
 
 def learner_with(**options) -> IBIUMADLearner:
-    return IBIUMADLearner(IBIUMADOptions(**{**SMALL, **options}), modality="rgb+depth", num_objects=2, image_size=64)
+    return IBIUMADLearner(IBIUMADOptions(**{**SMALL, **options}), modality="rgb+depth", class_names=("a", "b"), image_size=64)
 
 
 def term_names(learner: IBIUMADLearner) -> set[str]:
@@ -65,7 +65,7 @@ def test_table5_ablations_remove_their_modules_and_terms(tiny_dataset, mamba, ib
 def test_zero_weight_switches_a_term_off_and_single_modality_has_no_ibfm():
     assert "information_bottleneck" not in term_names(learner_with(information_bottleneck_weight=0))
     assert "fusion" not in term_names(learner_with(fusion_weight=0))
-    rgb_only = IBIUMADLearner(IBIUMADOptions(**SMALL), modality="rgb", num_objects=2, image_size=64)
+    rgb_only = IBIUMADLearner(IBIUMADOptions(**SMALL), modality="rgb", class_names=("a", "b"), image_size=64)
     assert not rgb_only.use_ibfm and term_names(rgb_only) == {"reconstruction/rgb", "classifier/rgb"}
 
 

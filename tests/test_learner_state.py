@@ -35,6 +35,7 @@ TINY_OPTIONS: dict[str, dict] = {
     "cfr": {"hidden_dim": 32, "max_memory_per_step": 64},
     "patchcore": {"coreset_ratio": 0.25},
     "uni_rcm": {"hidden_dim": 32, "num_blocks": 1, "codes_per_fit_2d": 16, "codes_per_fit_3d": 8, "quantizer_levels": 3},
+    "text_guided": {"hidden_dim": 32, "expert_hidden_dim": 32, "num_experts": 3, "top_k": 2},
 }
 
 
@@ -93,7 +94,7 @@ def test_trained_learner_loads_into_a_fresh_one(runs, tiny_dataset):
     state = trained.state_dict()
     for key in growing_buffer_names(trained):
         assert state[key].shape[0] > 0, f"{key} grew during training"
-    fresh = create_learner(resolve(runs["uninterrupted"].config), num_objects=len(CLASSES)).eval()
+    fresh = create_learner(resolve(runs["uninterrupted"].config), CLASSES).eval()
     fresh.load_state_dict(state)
     registered = load_registered_model(f"models:/state-{runs['name']}/latest", tracking_uri=runs["tracking_uri"]).learner
     dataset = AnomalyDetectionDataset(tiny_dataset, CLASSES, "test", image_size=64, object_ids={c: i for i, c in enumerate(CLASSES)})

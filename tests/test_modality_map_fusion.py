@@ -21,7 +21,7 @@ class FixedMaps(ScaledModalityMaps):
     """Returns the per-modality maps stored for each image path: a learner whose maps are known exactly."""
 
     def __init__(self, maps_by_path: dict[str, dict[str, torch.Tensor]]) -> None:
-        super().__init__("rgb+depth")
+        super().__init__("rgb+depth", class_names=("object",))
         self.maps_by_path = maps_by_path
 
     def modality_maps(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -91,7 +91,7 @@ def batch_of(root, classes, split="train", n=6):
 
 
 def fitted_learner(root, **options) -> PatchCoreLearner:
-    learner = PatchCoreLearner(PatchCoreOptions(**options), "rgb+depth", num_objects=4, image_size=64).eval()
+    learner = PatchCoreLearner(PatchCoreOptions(**options), "rgb+depth", class_names=("a", "b", "c", "d"), image_size=64).eval()
     learner.fit([batch_of(root, ["dome"])])
     return learner
 
@@ -154,7 +154,7 @@ def test_fpfh_banks_hold_valid_tokens_only(tiny_dataset):
 
 
 def test_empty_bank_says_what_to_do(tiny_dataset):
-    learner = PatchCoreLearner(PatchCoreOptions(), "rgb", num_objects=1, image_size=64).eval()
+    learner = PatchCoreLearner(PatchCoreOptions(), "rgb", class_names=("a",), image_size=64).eval()
     with pytest.raises(Exception, match="fitted on an experience"):
         learner.anomaly_map(batch_of(tiny_dataset, ["dome"], split="test"))
 
@@ -165,7 +165,7 @@ from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreLearner, PatchCoreOptions
 root, state_path, out_path = sys.argv[1:4]
-learner = PatchCoreLearner(PatchCoreOptions(reweighting=True), "rgb+depth", num_objects=4, image_size=64).eval()
+learner = PatchCoreLearner(PatchCoreOptions(reweighting=True), "rgb+depth", class_names=("a", "b", "c", "d"), image_size=64).eval()
 learner.load_state_dict(torch.load(state_path, weights_only=True))
 dataset = AnomalyDetectionDataset(root, ["dome", "ring"], "test", image_size=64, object_ids={"dome": 0, "ring": 1})
 torch.save(learner.anomaly_map(collate([dataset[i] for i in range(6)])), out_path)

@@ -20,7 +20,7 @@ def batch_of(root, split="train", classes=("dome",), n=4):
 
 
 def test_outputs_losses_and_maps_have_the_documented_shapes(tiny_dataset):
-    learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = ReconstructionLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset)
     outputs = learner(batch)
     channels = learner.backbone.out_channels
@@ -35,7 +35,7 @@ def test_outputs_losses_and_maps_have_the_documented_shapes(tiny_dataset):
 
 
 def test_gradients_reach_the_reconstructor_and_never_the_backbone(tiny_dataset):
-    learner = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
+    learner = ReconstructionLearner(SMALL, modality="rgb", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset)
     total_loss(learner, learner(batch), batch).backward()
     assert all(p.grad is None for p in learner.backbone.parameters())
@@ -46,7 +46,7 @@ def test_gradients_reach_the_reconstructor_and_never_the_backbone(tiny_dataset):
 def test_training_lowers_the_loss(tiny_dataset):
     torch.manual_seed(0)
     options = SMALL.model_copy(update={"dropout": 0.0})
-    learner = ReconstructionLearner(options, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = ReconstructionLearner(options, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset, n=6)
     optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=3e-3)
     learner.train()
@@ -61,7 +61,7 @@ def test_training_lowers_the_loss(tiny_dataset):
 
 
 def test_calibration_sets_each_modality_scale_to_its_mean_image_maximum_on_tokens_with_points(tiny_dataset):
-    learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64).eval()
+    learner = ReconstructionLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64).eval()
     batches = [batch_of(tiny_dataset, n=3), batch_of(tiny_dataset, n=5)]
     learner.calibrate(batches)
     for index, modality in enumerate(("rgb", "depth")):
@@ -81,11 +81,11 @@ def test_calibration_sets_each_modality_scale_to_its_mean_image_maximum_on_token
 
 def test_cosine_map_ignores_feature_magnitude(tiny_dataset):
     options = SMALL.model_copy(update={"map_distance": "cosine"})
-    learner = ReconstructionLearner(options, modality="rgb", num_objects=1, image_size=64).eval()
+    learner = ReconstructionLearner(options, modality="rgb", class_names=("a",), image_size=64).eval()
     features = torch.randn(2, 16, learner.backbone.out_channels)
     assert torch.allclose(learner.token_distance(features, 3.0 * features), torch.zeros(2, 16), atol=1e-6)
     assert torch.allclose(learner.token_distance(features, -features), torch.full((2, 16), 2.0), atol=1e-6)
-    l2 = ReconstructionLearner(SMALL, modality="rgb", num_objects=1, image_size=64)
+    l2 = ReconstructionLearner(SMALL, modality="rgb", class_names=("a",), image_size=64)
     assert torch.allclose(l2.token_distance(features, -features), 2 * features.norm(dim=-1))
 
 
@@ -93,6 +93,6 @@ def test_image_size_not_a_multiple_of_16_uses_the_backbones_rounded_up_grid(tiny
     """72 px gives a 5x5 stride-16 grid (a block output rounds up), not 4x4."""
     dataset = AnomalyDetectionDataset(tiny_dataset, ["dome"], "train", image_size=72, object_ids={"dome": 0})
     batch = collate([dataset[i] for i in range(2)])
-    learner = ReconstructionLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=72).eval()
+    learner = ReconstructionLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=72).eval()
     assert learner.grid == (5, 5)
     assert learner.anomaly_map(batch).shape == (2, 5, 5)

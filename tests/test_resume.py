@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import numpy as np
@@ -116,6 +117,20 @@ def test_resume_refuses_a_different_config(runs):
     changed = validate_config({**runs["raw"], "name": "interrupted", "training": {"epochs": 3, "batch_size": 4}})
     with pytest.raises(ConfigError, match="training"):
         run_experiment(changed, show_progress=False, resume=True)
+
+
+def test_resume_refuses_a_checkpoint_of_another_class_order(runs, tmp_path):
+    """The learner was built from the class order in meta.json (Learner.class_names); another order would rebuild another learner."""
+    copy = tmp_path / "outputs"
+    shutil.copytree(runs["checkpoints"].parent, copy / "interrupted")
+    for meta_file in (copy / "interrupted" / "checkpoints").glob("step_*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        assert meta["class_order"] == ["dome", "ring", "brick", "wave"]
+        meta["class_order"] = ["ring", "dome", "brick", "wave"]
+        meta_file.write_text(json.dumps(meta))
+    moved = validate_config({**runs["raw"], "name": "interrupted", "output_dir": str(copy)})
+    with pytest.raises(ConfigError, match="class order"):
+        run_experiment(moved, show_progress=False, resume=True)
 
 
 def test_resume_without_checkpoint_says_so(runs):

@@ -118,7 +118,7 @@ def test_score_is_mse_plus_cosine_distance_or_cosine_alone():
 
 
 def test_learner_levels_shapes_and_frozen_backbone(tiny_dataset):
-    learner = RLRLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = RLRLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset)
     outputs = learner(batch)
     channels = learner.backbone.out_channels
@@ -132,14 +132,14 @@ def test_learner_levels_shapes_and_frozen_backbone(tiny_dataset):
     learner.eval()
     maps = learner.anomaly_map(batch)
     assert maps.shape == (4, 8, 8) and torch.isfinite(maps).all() and (maps >= 0).all()
-    rgb_only = RLRLearner(SMALL, modality="rgb", num_objects=1, image_size=64).eval()
+    rgb_only = RLRLearner(SMALL, modality="rgb", class_names=("a",), image_size=64).eval()
     assert set(rgb_only.reconstructors) == {"rgb_s8", "rgb_s16"}
     assert rgb_only.anomaly_map(batch).shape == (4, 8, 8)
 
 
 def test_a_few_steps_lower_the_loss(tiny_dataset):
     torch.manual_seed(0)
-    learner = RLRLearner(SMALL.model_copy(update={"jitter_scale": 0.0}), modality="depth", num_objects=1, image_size=64)
+    learner = RLRLearner(SMALL.model_copy(update={"jitter_scale": 0.0}), modality="depth", class_names=("a",), image_size=64)
     batch = batch_of(tiny_dataset, n=6)
     losses = losses_over_steps(learner, batch, steps=40)
     assert losses[-1] < 0.5 * losses[0]

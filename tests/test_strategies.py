@@ -72,7 +72,7 @@ def train(raw: dict, strategy, learner: dict | None = None) -> Trained:
     seed_everything(run.config.seed)
     scenario = run.strategy.factory.adapt_scenario(build_scenario(run.config, prepare_data(run.config)))
     recorder = Recorder()
-    strategy = create_strategy(run, create_learner(run, len(scenario.class_order)), [recorder], torch.device("cpu"))
+    strategy = create_strategy(run, create_learner(run, scenario.class_order), [recorder], torch.device("cpu"))
     for experience in scenario.benchmark.train_stream:
         strategy.train(experience)
     return Trained(strategy, recorder, scenario.num_steps)
@@ -200,7 +200,7 @@ def test_iuf_compresses_then_projects_gradients_out_of_the_stored_subspace(tiny_
 
 def test_iuf_needs_transformer_decoders():
     with pytest.raises(ConfigError, match="nn.TransformerDecoder"):
-        IUF.plugins(IUF.Options(), Learner("rgb"))
+        IUF.plugins(IUF.Options(), Learner("rgb", class_names=("object",)))
 
 
 def test_iuf_serves_ib_iumad(tiny_run_config):
@@ -225,12 +225,12 @@ def test_every_declared_term_and_the_strategy_term_are_logged_by_name(tiny_run_c
 
 def test_the_template_provides_what_plugins_may_read(tiny_run_config):
     run = resolve_raw({**tiny_run_config, "device": "cpu"})
-    strategy = create_strategy(run, create_learner(run, 2), [], torch.device("cpu"))
+    strategy = create_strategy(run, create_learner(run, run.config.scenario.classes), [], torch.device("cpu"))
     assert all(hasattr(strategy, name) for name in [*PluginHost.__annotations__, "loader"])
 
 
 def test_eval_pass_runs_in_eval_mode_unshuffled_and_restores_the_mode():
-    learner = Learner("rgb")
+    learner = Learner("rgb", class_names=("object",))
     modes_seen: list[bool] = []
 
     class Item:

@@ -70,7 +70,7 @@ def test_reference_guided_mapping_shapes_and_gradients():
 
 
 def test_fit_stage_fits_then_extends_and_maps_are_zero_off_the_object(tiny_dataset):
-    learner = UniRCMLearner(SMALL, modality="rgb+depth", num_objects=2, image_size=64).eval()
+    learner = UniRCMLearner(SMALL, modality="rgb+depth", class_names=("a", "b"), image_size=64).eval()
     learner.fit([batch_of(tiny_dataset, ("dome",))])
     first = learner.quantizer_2d.codebook_0.clone()
     assert first.shape == (16, learner.backbone.out_channels) and learner.quantizer_3d.codebook_2.shape[0] == 8
@@ -87,10 +87,10 @@ def test_fit_stage_fits_then_extends_and_maps_are_zero_off_the_object(tiny_datas
 
 def test_mse_term_is_declared_and_a_few_steps_lower_the_loss(tiny_dataset):
     torch.manual_seed(0)
-    learner = UniRCMLearner(SMALL, modality="rgb+depth", num_objects=1, image_size=64)
+    learner = UniRCMLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=64)
     weights = {term.name: term.weight for term in learner.loss_terms()}
     assert weights == {"mapping/2d_to_3d": 1.0, "mapping/3d_to_2d": 1.0, "mapping/mse": 0.01}
-    without_mse = UniRCMLearner(SMALL.model_copy(update={"mse_weight": 0.0}), "rgb+depth", 1, 64)
+    without_mse = UniRCMLearner(SMALL.model_copy(update={"mse_weight": 0.0}), "rgb+depth", ("a",), 64)
     assert "mapping/mse" not in {term.name for term in without_mse.loss_terms()}
     batch = batch_of(tiny_dataset, n=6)
     losses = losses_over_steps(learner, batch, steps=30)

@@ -25,12 +25,18 @@ offline-fitted and mixed learners plug into the same continual loop:
 - ``decoder_output_projections()`` and ``decoder_middle_layers()`` name the
   transformer-decoder layers that IUF's update (:mod:`incad.plugins.iuf`)
   hooks into; a learner without transformer decoders declares none;
-- ``Options`` is the pydantic schema of the learner's YAML options.
+- ``Options`` is the pydantic schema of the learner's YAML options;
+- ``class_names`` is the scenario's class order (object id i names class
+  ``class_names[i]``), given to every learner when it is built, so a learner
+  that conditions on the class (text prompts, label classifiers) knows every
+  class, including those of later steps. The runner, ``--resume`` and
+  ``incad predict`` build the learner from the same order (it is saved with
+  the checkpoints and the registered model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -52,13 +58,23 @@ class Learner(nn.Module):
     """Interface of all learners; see the module docstring."""
 
     Options: ClassVar[type[LearnerOptions]] = LearnerOptions
+    # True: the strategy template skips an update whose gradients are not all finite (the text-guided paper's III-C3).
+    skip_non_finite_gradients: bool = False
 
-    def __init__(self, modality: str) -> None:
+    def __init__(self, modality: str, class_names: Sequence[str]) -> None:
         super().__init__()
         if modality not in MODALITIES_OF:
             raise ValueError(f"unknown modality '{modality}', expected one of {sorted(MODALITIES_OF)}")
+        if not class_names:
+            raise ValueError("a learner needs the scenario's class names (object id i is class_names[i]); got none")
         self.modality = modality
         self.modalities = MODALITIES_OF[modality]
+        self.class_names = tuple(class_names)
+
+    @property
+    def num_objects(self) -> int:
+        """How many classes the scenario has (over all its steps)."""
+        return len(self.class_names)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

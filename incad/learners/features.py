@@ -74,8 +74,8 @@ class ScaledModalityMaps(Learner):
       tighter than its validation maps (not checked).
     """
 
-    def __init__(self, modality: str) -> None:
-        super().__init__(modality)
+    def __init__(self, modality: str, class_names: Sequence[str]) -> None:
+        super().__init__(modality, class_names)
         self.register_buffer("map_scale", torch.ones(len(self.modalities)))
 
     def modality_maps(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - interface

@@ -10,6 +10,7 @@ and importing :mod:`incad.learners` imports every built-in learner.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from incad.learners.base import Learner
@@ -22,11 +23,11 @@ LEARNERS: Registry[type[Learner]] = Registry("learner")
 register_learner = LEARNERS.register
 
 
-def create_learner(run: "ResolvedRun", num_objects: int) -> Learner:
-    """The run's learner, built from its validated options for the scenario's modality, objects and image size."""
+def create_learner(run: "ResolvedRun", class_names: Sequence[str]) -> Learner:
+    """The run's learner, built from its validated options for the scenario's modality, class order and image size."""
     return run.learner.factory(
         run.learner.options,
         modality=run.config.scenario.modality,
-        num_objects=num_objects,
+        class_names=tuple(class_names),
         image_size=run.config.dataset.image_size,
     )

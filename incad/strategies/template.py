@@ -19,7 +19,8 @@ plugin system, but:
 - ``criterion`` is the weighted sum of the loss terms the learner declares
   (:mod:`incad.learners.terms`), each recorded by name in ``loss_terms`` for
   logging; strategy plugins add their own terms to ``strategy.loss`` and
-  record them there too. What plugins may read from the template is
+  record them there too. A learner with ``skip_non_finite_gradients`` has
+  an update whose gradients are not all finite skipped. What plugins may read from the template is
   :class:`incad.plugins.contract.PluginHost`;
 - ``train`` (``fit`` and ``calibrate`` as their own phases) reads no test
   sample and ``eval`` is the one phase that may (:mod:`incad.data.access`).
@@ -154,6 +155,10 @@ class AnomalyDetectionTemplate(SupervisedTemplate):
         return total
 
     def optimizer_step(self) -> None:
+        if self.model.skip_non_finite_gradients and not all(
+            torch.isfinite(parameter.grad).all() for parameter in self.model.parameters() if parameter.grad is not None
+        ):
+            return
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         super().optimizer_step()

@@ -186,7 +186,7 @@ class PredictionDataset(AnomalyDetectionDataset):
     instead of listed from a dataset folder, and there is no class or label.
     """
 
-    def __init__(self, images: list[str], point_clouds: list[str | None], image_size: int, load_xyz: bool) -> None:  # noqa: D107
+    def __init__(self, images: list[str], point_clouds: list[str | None], image_size: int, load_xyz: bool, object_ids: list[int]) -> None:  # noqa: D107
         if load_xyz:
             missing = next((image for image, xyz in zip(images, point_clouds) if xyz is None), None)
             if missing is not None:
@@ -194,6 +194,7 @@ class PredictionDataset(AnomalyDetectionDataset):
         records = [Record(Path(image), Path(xyz) if xyz else None, None, "", "unknown", 0) for image, xyz in zip(images, point_clouds)]
         # "predict" is no split of a dataset: the guard of incad.data.access concerns the test split only.
         super().__init__(Path("."), [], "predict", image_size, {"": 0}, load_xyz, MVTEC3D, records=records)
+        self.object_ids_per_sample = object_ids
 
 
 class AnomalyDetector:
@@ -212,13 +213,25 @@ class AnomalyDetector:
         class_order = json.loads((folder / CLASSES).read_text())
         with warnings.catch_warnings():  # the random backbone is replaced by the trained one just below
             warnings.filterwarnings("ignore", message=".*has random weights")
-            learner = create_learner(without_pretrained_backbone(run), num_objects=len(class_order))
+            learner = create_learner(without_pretrained_backbone(run), class_order)
         try:
             state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError):
             raise IncadError(f"{source}: {WEIGHTS} is not a tensors-only state dict (other Python objects are never unpickled). {RETRAIN}") from None
         learner.load_state_dict(state)
         return cls(run.config, class_order, learner)
+
+    def object_ids(self, model_input: pd.DataFrame) -> list[int]:
+        """Each image's object id from the optional column ``object`` (a class name of the model); -1 (unknown) without it.
+
+        Only a learner that conditions its map on the class (``text_guided``'s text map) reads it.
+        """
+        if "object" not in model_input.columns:
+            return [-1] * len(model_input)
+        unknown = sorted({str(name) for name in model_input["object"] if name not in self.class_order})
+        if unknown:
+            raise IncadError(f"object {', '.join(unknown)}: not a class of this model; its classes are {', '.join(self.class_order)}")
+        return [self.class_order.index(name) for name in model_input["object"]]
 
     @torch.no_grad()
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -228,7 +241,7 @@ class AnomalyDetector:
         given = model_input["xyz"] if "xyz" in model_input.columns else [None] * len(images)
         point_clouds = [path if isinstance(path, str) and path else None for path in given]
         size = self.config.dataset.image_size
-        dataset = PredictionDataset(images, point_clouds, size, load_xyz=self.config.scenario.modality != "rgb")
+        dataset = PredictionDataset(images, point_clouds, size, load_xyz=self.config.scenario.modality != "rgb", object_ids=self.object_ids(model_input))
         scores, maps = [], []
         for batch in DataLoader(dataset, batch_size=self.config.evaluation.batch_size, collate_fn=collate):
             smoothed = upsample_and_smooth(self.learner.anomaly_map(batch), (size, size), self.config.evaluation.smoothing_sigma)

@@ -21,7 +21,7 @@ Choices written down:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -70,21 +70,25 @@ class CFMLearner(Learner):
     Options = CFMOptions
     name = "cfm"
 
-    def __init__(self, options: CFMOptions, modality: str, num_objects: int, image_size: int) -> None:
+    def __init__(self, options: CFMOptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
         require_rgb_and_depth(self.name, modality)
-        super().__init__(modality)
+        super().__init__(modality, class_names)
         self.options = options
         self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.channels_2d = self.backbone.out_channels
         self.channels_3d = FPFH_DIM if options.features_3d == "fpfh" else self.backbone.out_channels
-        self.map_2d_to_3d = self.build_mapping(self.channels_2d, self.channels_3d)
+        self.map_2d_to_3d = self.build_mapping_2d_to_3d()
         self.map_3d_to_2d = self.build_mapping(self.channels_3d, self.channels_2d)
         self.feature_cache = FeatureCache(self.backbone.forward_aligned) if options.cache_features else None
         self.fpfh_cache = FeatureCache(fpfh_grid_features) if options.cache_features else None
 
     def build_mapping(self, in_channels: int, out_channels: int) -> nn.Module:
         return mapping_mlp(in_channels, out_channels, self.options.hidden_dim)
+
+    def build_mapping_2d_to_3d(self) -> nn.Module:
+        """The RGB -> 3-D net: ``build_mapping``'s, unless a learner maps this direction its own way (text_guided's GACM)."""
+        return self.build_mapping(self.channels_2d, self.channels_3d)
 
     def _tokens(self, batch: Batch, modality: str) -> Tensor:
         images = modality_input(batch, modality)

@@ -62,7 +62,7 @@ similarity (the mapping loss's geometry); the bound as a fixed cosine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,8 +105,8 @@ class CFRLearner(CFMLearner):
     Options = CFROptions
     name = "cfr"
 
-    def __init__(self, options: CFROptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(options, modality, num_objects, image_size)
+    def __init__(self, options: CFROptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(options, modality, class_names, image_size)
         register_growing_buffer(self, "memory_2d", torch.empty(0, self.channels_2d))
         register_growing_buffer(self, "memory_3d", torch.empty(0, self.channels_3d))
         self.register_buffer("memory_steps", torch.zeros((), dtype=torch.long))

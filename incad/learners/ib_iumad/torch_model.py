@@ -43,6 +43,8 @@ Choices where the paper is silent, written down:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import model_validator
 from torch import Tensor, nn
 
@@ -98,8 +100,8 @@ class IBIUMADLearner(ReconstructionLearner):
 
     Options = IBIUMADOptions
 
-    def __init__(self, options: IBIUMADOptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(options, modality, num_objects, image_size)
+    def __init__(self, options: IBIUMADOptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(options, modality, class_names, image_size)
         self.use_ibfm = options.ibfm and len(self.modalities) == 2
         hidden, channels = options.hidden_dim, self.backbone.out_channels
         if options.mamba:
@@ -110,11 +112,11 @@ class IBIUMADLearner(ReconstructionLearner):
                     for m in self.modalities
                 }
             )
-            self.label_classifiers = nn.ModuleDict({m: LabelClassifier(hidden, num_objects) for m in self.modalities})
+            self.label_classifiers = nn.ModuleDict({m: LabelClassifier(hidden, self.num_objects) for m in self.modalities})
         if self.use_ibfm:
             self.ibfm = InformationBottleneckFusion(
                 hidden,
-                num_objects,
+                self.num_objects,
                 fusion=options.fusion,
                 num_heads=options.num_heads,
                 bottleneck_dim=options.bottleneck_dim,

@@ -57,7 +57,7 @@ scaling. Off by default (anomalib's default is on, with 9 neighbours).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -150,8 +150,8 @@ class PatchCoreLearner(ScaledModalityMaps):
     Options = PatchCoreOptions
     name = "patchcore"
 
-    def __init__(self, options: PatchCoreOptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(modality)
+    def __init__(self, options: PatchCoreOptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(modality, class_names)
         self.options = options
         backbone = create_backbone(options.backbone, weights=options.backbone_weights, taps=options.taps)
         self.patch_features = PatchFeatures(backbone, options.neighbourhood)

@@ -103,10 +103,9 @@ class ReconstructionLearner(ScaledModalityMaps):
 
     Options = ReconstructionOptions
 
-    def __init__(self, options: ReconstructionOptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(modality)
+    def __init__(self, options: ReconstructionOptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(modality, class_names)
         self.options = options
-        self.num_objects = num_objects
         self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grid = self.backbone.aligned_grid(image_size, image_size)
         self.reconstructors = nn.ModuleDict(

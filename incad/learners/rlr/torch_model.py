@@ -34,6 +34,7 @@ Choices the paper and its public code leave open, written down:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
@@ -90,8 +91,8 @@ class RLRLearner(ScaledModalityMaps):
 
     Options = RLROptions
 
-    def __init__(self, options: RLROptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(modality)
+    def __init__(self, options: RLROptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(modality, class_names)
         self.options = options
         self.backbone = create_backbone(options.backbone, weights=options.backbone_weights)
         self.grids = {level: (math.ceil(image_size / level),) * 2 for level in options.levels}

@@ -29,7 +29,7 @@ at random (seeded) from the experience, which keeps k-means to seconds on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -71,8 +71,8 @@ class UniRCMLearner(CFMLearner):
     Options = UniRCMOptions
     name = "uni_rcm"
 
-    def __init__(self, options: UniRCMOptions, modality: str, num_objects: int, image_size: int) -> None:
-        super().__init__(options, modality, num_objects, image_size)
+    def __init__(self, options: UniRCMOptions, modality: str, class_names: Sequence[str], image_size: int) -> None:
+        super().__init__(options, modality, class_names, image_size)
         self.quantizer_2d = ResidualQuantizer(self.channels_2d, options.quantizer_levels, options.codes_per_fit_2d, options.seed)
         self.quantizer_3d = ResidualQuantizer(self.channels_3d, options.quantizer_levels, options.codes_per_fit_3d, options.seed + 1)
 
