@@ -170,12 +170,18 @@ class EvaluationConfig(StrictModel):
 
 
 class RegistryConfig(StrictModel):
-    """MLflow model registry: register each step's model; ``champion`` moves unless the
-    new mean I-AUROC on the classes seen is below the champion's by more than ``champion_margin``."""
+    """MLflow model registry: register each step's model and move ``champion``.
+
+    Without ``champion_margin``, ``champion`` follows every new version (the model
+    that has learned every class so far) and no test result is read. With it,
+    ``champion`` moves only if the new mean I-AUROC on the classes seen is not below
+    the champion's by more than the margin: a deployment gate that reads the test
+    split's results (opt-in; no reported figure depends on it).
+    """
 
     enabled: bool = False
     model_name: FolderName | None = None  # default: the run's name
-    champion_margin: float = Field(0.0, ge=0)
+    champion_margin: float | None = Field(None, ge=0)
 
 
 class TrackingConfig(StrictModel):

@@ -5,9 +5,10 @@ Each step's model is logged as the data-only pyfunc model of ``anomaly_model.py`
 module; the manifest's sha256 is a tag of the logged model), registered under
 ``tracking.registry.model_name`` (default: the run name) with tags for the
 scenario, step, classes seen, strategy, learner and the step's mean metrics
-on the classes seen so far. ``champion`` moves to the new version only if its
-mean I-AUROC on its seen classes is not below the champion's by more than
-``champion_margin``. "latest always moves" needs no alias: MLflow reserves the
+on the classes seen so far. ``champion`` moves to every new version unless
+``champion_margin`` is set; then only if its mean I-AUROC on its seen classes
+(a test-split result: the gate is opt-in for that reason) is not below the
+champion's by more than the margin. "latest always moves" needs no alias: MLflow reserves the
 alias name ``latest`` and ``models:/<name>/latest`` always resolves to the
 newest version.
 """
@@ -82,7 +83,8 @@ def register_step_model(config: RunConfig, learner: torch.nn.Module, class_order
     tags = step_tags(config, matrices, step, classes_seen)
     registered = mlflow.register_model(info.model_uri, name, tags=tags)
     client = MlflowClient()
-    if deserves_champion(client, name, float(tags[f"{CHAMPION_METRIC}_seen_mean"]), config.tracking.registry.champion_margin):
+    margin = config.tracking.registry.champion_margin
+    if margin is None or deserves_champion(client, name, float(tags[f"{CHAMPION_METRIC}_seen_mean"]), margin):
         client.set_registered_model_alias(name, CHAMPION, registered.version)
     return client.get_model_version(name, registered.version)
 
