@@ -22,7 +22,7 @@ CLASSES = ["GummyBear", "CandyCane"]  # written unsorted: the reader sorts
 SIZE = 48
 # Eyecandies' scene scale: the table is a plane ~0.9 m away, the candy ~6 cm high.
 EYECANDIES_SETTINGS = PreprocessingConfig(
-    enabled=True, ransac_distance=0.004, plane_distance=0.01, border=4, dbscan_eps=0.05, dbscan_min_points=5, workers=1
+    enabled=True, ransac_distance=0.004, plane_distance=0.01, border=4, grid_eps=0.05, dbscan_eps=0.05, dbscan_min_points=5, workers=1
 )
 
 
