@@ -3,7 +3,7 @@
 A learner declares every term of its training objective, the core one
 (reconstruction MSE, mapping cosine) and the method's extra ones (IB-IUMAD's
 eq. 10 lambdas, Uni-RCM's small MSE) alike, as :class:`LossTerm` objects built
-from its YAML options; a term whose weight is 0 is not declared, so it is not
+from its YAML options; a term whose weight is 0 is left out (:func:`declared`), so it is not
 computed. The strategy template logs each term's value under its name and
 trains on :func:`evaluate_terms`' weighted sum; EWC differentiates the same sum
 through :func:`total_loss`.
@@ -11,7 +11,7 @@ through :func:`total_loss`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,11 @@ class LossTerm:
     name: str
     weight: float
     compute: Callable[[dict[str, Tensor], Batch], Tensor]
+
+
+def declared(terms: Iterable[LossTerm]) -> list[LossTerm]:
+    """The terms that enter the objective: a term whose weight is 0 is switched off, so it is never computed."""
+    return [term for term in terms if term.weight > 0]
 
 
 def evaluate_terms(learner: "Learner", outputs: dict[str, Tensor], batch: Batch) -> tuple[dict[str, Tensor], Tensor]:

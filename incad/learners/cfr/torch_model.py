@@ -76,7 +76,7 @@ from incad.learners.cfr.loss import cycle_2d_term, cycle_3d_term
 from incad.learners.cfr.memory import attend
 from incad.learners.features import valid_tokens
 from incad.learners.registry import register_learner
-from incad.learners.terms import LossTerm
+from incad.learners.terms import LossTerm, declared
 from incad.models.layers.growing import register_growing_buffer
 
 # Direction of each mapped modality: the modality it is mapped from.
@@ -126,13 +126,14 @@ class CFRLearner(CFMLearner):
     def loss_terms(self) -> list[LossTerm]:
         """The two direct mapping terms and the two cycle terms, each with its own weight; a 0 weight leaves it out."""
         options = self.options
-        terms = [
-            LossTerm("mapping/2d_to_3d", options.mapping_2d_to_3d_weight, mapping_2d_to_3d_term),
-            LossTerm("mapping/3d_to_2d", options.mapping_3d_to_2d_weight, mapping_3d_to_2d_term),
-            LossTerm("cycle/2d", options.cycle_2d_weight, cycle_2d_term),
-            LossTerm("cycle/3d", options.cycle_3d_weight, cycle_3d_term),
-        ]
-        return [term for term in terms if term.weight > 0]
+        return declared(
+            [
+                LossTerm("mapping/2d_to_3d", options.mapping_2d_to_3d_weight, mapping_2d_to_3d_term),
+                LossTerm("mapping/3d_to_2d", options.mapping_3d_to_2d_weight, mapping_3d_to_2d_term),
+                LossTerm("cycle/2d", options.cycle_2d_weight, cycle_2d_term),
+                LossTerm("cycle/3d", options.cycle_3d_weight, cycle_3d_term),
+            ]
+        )
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch]) -> None:

@@ -59,7 +59,7 @@ from incad.learners.ib_iumad.loss import (
 )
 from incad.learners.reconstruction.torch_model import ReconstructionLearner, ReconstructionOptions
 from incad.learners.registry import register_learner
-from incad.learners.terms import LossTerm
+from incad.learners.terms import LossTerm, declared
 from incad.models.layers import LabelClassifier, MambaDecoder
 
 # Eq. 4 fuses f^rec2 and f^rec4: the MRN states after decoder layer 2 and after the last (4th) layer.
@@ -159,14 +159,13 @@ class IBIUMADLearner(ReconstructionLearner):
         """The MRN reconstruction MSEs, then eq. 10's terms in the order fusion (lambda_3), classifiers
         (lambda_1, lambda_2), IB (lambda_4), and the fused classifier; each only when switched on."""
         options = self.options
-        terms = super().loss_terms()
-        if self.use_ibfm and options.fusion_weight > 0:
-            terms.append(LossTerm("fusion", options.fusion_weight, fusion_term))
+        extra = []
+        if self.use_ibfm:
+            extra.append(LossTerm("fusion", options.fusion_weight, fusion_term))
         if options.mamba:
             weights = {"rgb": options.rgb_classifier_weight, "depth": options.depth_classifier_weight}
-            terms += [LossTerm(f"classifier/{m}", weights[m], CLASSIFIER_TERMS[m]) for m in self.modalities if weights[m] > 0]
-        if self.use_ibfm and options.information_bottleneck_weight > 0:
-            terms.append(LossTerm("information_bottleneck", options.information_bottleneck_weight, information_bottleneck_term))
-        if self.use_ibfm and options.fused_classifier_weight > 0:
-            terms.append(LossTerm("classifier/fused", options.fused_classifier_weight, fused_classifier_term))
-        return terms
+            extra += [LossTerm(f"classifier/{m}", weights[m], CLASSIFIER_TERMS[m]) for m in self.modalities]
+        if self.use_ibfm:
+            extra.append(LossTerm("information_bottleneck", options.information_bottleneck_weight, information_bottleneck_term))
+            extra.append(LossTerm("classifier/fused", options.fused_classifier_weight, fused_classifier_term))
+        return super().loss_terms() + declared(extra)

@@ -73,7 +73,7 @@ from incad.data.sample import Batch
 from incad.learners.cfm.loss import mapping_2d_to_3d_term, mapping_3d_to_2d_term
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
 from incad.learners.registry import register_learner
-from incad.learners.terms import LossTerm
+from incad.learners.terms import LossTerm, declared
 from incad.learners.text_guided.gacm import GeometryAwareMapper
 from incad.learners.text_guided.loss import anchor_distance, text_3d_term, text_rgb_term
 from incad.learners.text_guided.octa import ObjectConditionedTextAdaptor
@@ -156,13 +156,14 @@ class TextGuidedLearner(CFMLearner):
     def loss_terms(self) -> list[LossTerm]:
         """L_vis (eq. 9) and L_text (eq. 10) term by term, each weighted by its lambda; a 0 lambda leaves its term out."""
         options = self.options
-        terms = [
-            LossTerm("mapping/2d_to_3d", options.lambda_v2g, mapping_2d_to_3d_term),
-            LossTerm("mapping/3d_to_2d", options.lambda_g2v, mapping_3d_to_2d_term),
-            LossTerm("text/rgb", options.lambda_v2t, text_rgb_term),
-            LossTerm("text/3d", options.lambda_g2t, text_3d_term),
-        ]
-        return [term for term in terms if term.weight > 0]
+        return declared(
+            [
+                LossTerm("mapping/2d_to_3d", options.lambda_v2g, mapping_2d_to_3d_term),
+                LossTerm("mapping/3d_to_2d", options.lambda_g2v, mapping_3d_to_2d_term),
+                LossTerm("text/rgb", options.lambda_v2t, text_rgb_term),
+                LossTerm("text/3d", options.lambda_g2t, text_3d_term),
+            ]
+        )
 
     @staticmethod
     def text_map(outputs: dict[str, Tensor], anchors: Tensor) -> Tensor:

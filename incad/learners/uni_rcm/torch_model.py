@@ -38,7 +38,7 @@ from incad.data.sample import Batch
 from incad.learners.cfm.torch_model import CFMLearner, CFMOptions
 from incad.learners.features import cosine_distance
 from incad.learners.registry import register_learner
-from incad.learners.terms import LossTerm
+from incad.learners.terms import LossTerm, declared
 from incad.learners.uni_rcm.loss import mapping_mse_term
 from incad.models.layers.reference_attention import ReferenceGuidedMapping
 from incad.models.layers.residual_quantizer import ResidualQuantizer
@@ -81,10 +81,7 @@ class UniRCMLearner(CFMLearner):
 
     def loss_terms(self) -> list[LossTerm]:
         """CFM's 1 - cos terms, then the public code's 0.01 x MSE; ``mse_weight: 0`` switches the latter off."""
-        terms = super().loss_terms()
-        if self.options.mse_weight > 0:
-            terms.append(LossTerm("mapping/mse", self.options.mse_weight, mapping_mse_term))
-        return terms
+        return super().loss_terms() + declared([LossTerm("mapping/mse", self.options.mse_weight, mapping_mse_term)])
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:
