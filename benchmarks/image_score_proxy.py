@@ -30,15 +30,15 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, add_threads_option, start_benchmark  # noqa: E402
-from select_real import CACHE  # noqa: E402
+from common import REPO_ROOT, add_threads_option, start_benchmark
+from select_real import CACHE
 
-from incad.data.sample import collate  # noqa: E402
-from incad.evaluation.postprocess import image_scores, upsample_and_smooth  # noqa: E402
-from incad.learners import create_learner  # noqa: E402
-from incad.metrics import image_auroc, pixel_metrics  # noqa: E402
-from incad.resolve import load_run  # noqa: E402
-from incad.runner import prepare_data  # noqa: E402
+from incad.data.sample import collate
+from incad.evaluation.postprocess import image_scores, upsample_and_smooth
+from incad.learners import create_learner
+from incad.metrics import image_auroc, pixel_metrics
+from incad.resolve import load_run
+from incad.runner import prepare_data
 
 
 def cell_fraction(valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
