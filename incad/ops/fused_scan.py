@@ -201,63 +201,65 @@ def _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, d
 
 
 @njit(inline="always")
-def _block_of_A(A, first, count):  # pragma: no cover - compiled
-    """(N, channels) decay rates of a block, so the recurrence reads them along channels."""
-    A_block = np.empty((A.shape[1], count), dtype=A.dtype)
+def _block_of_A(A, first, count, A_block):  # pragma: no cover - compiled
+    """A block's (N, channels) decay rates, so the recurrence reads them along channels."""
     for n in range(A.shape[1]):
         for c in range(count):
             A_block[n, c] = A[first + c, n]
-    return A_block
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width):  # pragma: no cover - compiled
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width, workers):  # pragma: no cover - compiled
     """y = (<C_t, h_t> + D u_t) * silu(z_t) (without the gate unless ``gated``), in tasks of ``width`` channels.
 
     (batch, dim, L) ``u``, ``delta``, ``z`` and ``y``, (dim, N) ``A``, (batch, groups, N, L)
     ``B`` and ``C``, (dim,) ``D`` and ``delta_bias``; ``delta`` becomes
-    ``softplus(delta + delta_bias)`` when ``softplus``, else ``delta + delta_bias``.
+    ``softplus(delta + delta_bias)`` when ``softplus``, else ``delta + delta_bias``. Each of the
+    ``workers`` threads allocates its arrays once and runs every ``workers``-th task in them.
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
     per_group = dim // groups
     tasks = batch * groups * ((per_group + width - 1) // width)
-    for task in prange(tasks):
-        b, g, first, count = _block(task, groups, per_group, width)
-        A_block = _block_of_A(A, first, count)
-        row = np.empty(length, dtype=u.dtype)
-        steps, drives = np.empty((length, count), dtype=u.dtype), np.empty((length, count), dtype=u.dtype)
-        _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
-        state = np.zeros((state_size, count), dtype=u.dtype)
-        outputs = np.zeros((length, count), dtype=u.dtype)
-        for t in range(length):
-            step, drive, output = steps[t], drives[t], outputs[t]
-            for n in range(state_size):
-                B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                for c in range(count):
-                    h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
-                    state[n, c] = h
-                    output[c] += h * C_tn
-        for c in range(count):
-            d = first + c
-            skip, u_row, y_row = D[d], u[b, d], y[b, d]
+    workers = min(workers, tasks)
+    for worker in prange(workers):
+        A_block, state = np.empty((state_size, width), dtype=u.dtype), np.empty((state_size, width), dtype=u.dtype)
+        steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
+        outputs, row = np.empty((length, width), dtype=u.dtype), np.empty(length, dtype=u.dtype)
+        for task in range(worker, tasks, workers):
+            b, g, first, count = _block(task, groups, per_group, width)
+            _block_of_A(A, first, count, A_block)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            state[:] = 0.0
+            outputs[:] = 0.0
             for t in range(length):
-                row[t] = outputs[t, c]
-            if gated:
-                z_row = z[b, d]
+                step, drive, output = steps[t], drives[t], outputs[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
+                        state[n, c] = h
+                        output[c] += h * C_tn
+            for c in range(count):
+                d = first + c
+                skip, u_row, y_row = D[d], u[b, d], y[b, d]
                 for t in range(length):
-                    y_row[t] = (row[t] + skip * u_row[t]) * (z_row[t] * _sigmoid(z_row[t]))
-            else:
-                for t in range(length):
-                    y_row[t] = row[t] + skip * u_row[t]
+                    row[t] = outputs[t, c]
+                if gated:
+                    z_row = z[b, d]
+                    for t in range(length):
+                        y_row[t] = (row[t] + skip * u_row[t]) * (z_row[t] * _sigmoid(z_row[t]))
+                else:
+                    for t in range(length):
+                        y_row[t] = row[t] + skip * u_row[t]
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _scan_backward(
-    u, delta, A, B, C, D, z, delta_bias, softplus, gated, grad_y, width,
+    u, delta, A, B, C, D, z, delta_bias, softplus, gated, grad_y, width, workers,
     grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch,
 ):  # pragma: no cover - compiled
-    """Gradients of sum(grad_y * y) for :func:`_scan_forward`'s inputs, one task per channel block.
+    """Gradients of sum(grad_y * y) for :func:`_scan_forward`'s inputs, in its tasks and workers.
 
     A task recomputes its block's states and decays (L, N, width each), then runs back in time.
     ``grad_u``, ``grad_delta`` and ``grad_z`` are (batch, dim, L); B and C gradients sum over the
@@ -269,93 +271,104 @@ def _scan_backward(
     groups, state_size = B.shape[1], A.shape[1]
     per_group = dim // groups
     blocks = (per_group + width - 1) // width
-    for task in prange(batch * groups * blocks):
-        b, g, first, count = _block(task, groups, per_group, width)
-        block = task % blocks
-        A_block = _block_of_A(A, first, count)
-        row, other_row = np.empty(length, dtype=u.dtype), np.empty(length, dtype=u.dtype)
-        steps, drives = np.empty((length, count), dtype=u.dtype), np.empty((length, count), dtype=u.dtype)
-        _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
-        grads_scan = np.empty((length, count), dtype=u.dtype)  # d loss / d <C_t, h_t>: grad_y through the gate
-        for c in range(count):
-            d = first + c
-            grad_y_row = grad_y[b, d]
-            if gated:
-                z_row = z[b, d]
-                for t in range(length):
-                    row[t] = grad_y_row[t] * (z_row[t] * _sigmoid(z_row[t]))
-                for t in range(length):
-                    grads_scan[t, c] = row[t]
-            else:
-                for t in range(length):
-                    grads_scan[t, c] = grad_y_row[t]
-        states = np.empty((length + 1, state_size, count), dtype=u.dtype)  # states[t + 1] = h_t
-        decays = np.empty((length, state_size, count), dtype=u.dtype)  # exp(delta_t A)
-        outputs = np.zeros((length, count), dtype=u.dtype)  # <C_t, h_t>, for the gate's gradient
-        states[0] = 0.0
-        for t in range(length):
-            step, drive, output = steps[t], drives[t], outputs[t]
-            for n in range(state_size):
-                B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                for c in range(count):
-                    decay = _exp(step[c] * A_block[n, c])
-                    h = decay * states[t, n, c] + drive[c] * B_tn
-                    decays[t, n, c] = decay
-                    states[t + 1, n, c] = h
-                    output[c] += h * C_tn
-        carried = np.zeros((state_size, count), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
-        grad_A = np.zeros((state_size, count), dtype=u.dtype)
-        grads_drive = np.zeros((length, count), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
-        grads_log_decay = np.zeros((length, count), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
-        lanes_B, lanes_C = np.empty(count, dtype=u.dtype), np.empty(count, dtype=u.dtype)
-        for t in range(length - 1, -1, -1):
-            step, drive, grad_scan = steps[t], drives[t], grads_scan[t]
-            grad_drive, grad_log_decay = grads_drive[t], grads_log_decay[t]
-            for n in range(state_size):
-                B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                for c in range(count):
-                    decay = decays[t, n, c]
-                    grad_h = grad_scan[c] * C_tn + carried[n, c]  # dh_t
-                    through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
-                    lanes_C[c] = grad_scan[c] * states[t + 1, n, c]
-                    lanes_B[c] = grad_h * drive[c]
-                    grad_A[n, c] += step[c] * through_decay
-                    grad_drive[c] += grad_h * B_tn
-                    grad_log_decay[c] += A_block[n, c] * through_decay
-                    carried[n, c] = grad_h * decay
-                grad_B_per_block[b, g, block, n, t] = _lane_sum(lanes_B, count)
-                grad_C_per_block[b, g, block, n, t] = _lane_sum(lanes_C, count)
-        for c in range(count):
-            d = first + c
-            skip, bias = D[d], delta_bias[d]
-            u_row, delta_row, grad_y_row = u[b, d], delta[b, d], grad_y[b, d]
-            grad_u_row, grad_delta_row = grad_u[b, d], grad_delta[b, d]
-            for t in range(length):  # grad_u = dL/d(step u) * step + dL/dy_scan * D
-                grad_u_row[t] = grads_drive[t, c] * steps[t, c] + grads_scan[t, c] * skip
-                row[t] = grads_scan[t, c] * u_row[t]
-            grad_D_per_batch[b, d] = row.sum()
-            for t in range(length):  # d loss / d step, before softplus
-                grad_delta_row[t] = grads_drive[t, c] * u_row[t] + grads_log_decay[t, c]
-            if softplus:
-                for t in range(length):
-                    grad_delta_row[t] *= _softplus_slope(delta_row[t] + bias)
-            grad_bias_per_batch[b, d] = grad_delta_row.sum()
-            if gated:
-                z_row, grad_z_row = z[b, d], grad_z[b, d]
-                for t in range(length):
-                    row[t] = outputs[t, c]
-                for t in range(length):  # silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-                    s, one = _sigmoid(z_row[t]), _like(skip, 1.0)
-                    slope = s * (one + z_row[t] * (one - s))
-                    grad_z_row[t] = grad_y_row[t] * (row[t] + skip * u_row[t]) * slope
-        for c in range(count):
-            for n in range(state_size):
-                grad_A_per_batch[b, first + c, n] = grad_A[n, c]
+    tasks = batch * groups * blocks
+    workers = min(workers, tasks)
+    for worker in prange(workers):
+        A_block = np.empty((state_size, width), dtype=u.dtype)
+        row = np.empty(length, dtype=u.dtype)
+        steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
+        grads_scan = np.empty((length, width), dtype=u.dtype)  # d loss / d <C_t, h_t>: grad_y through the gate
+        states = np.empty((length + 1, state_size, width), dtype=u.dtype)  # states[t + 1] = h_t
+        decays = np.empty((length, state_size, width), dtype=u.dtype)  # exp(delta_t A)
+        outputs = np.empty((length, width), dtype=u.dtype)  # <C_t, h_t>, for the gate's gradient
+        carried = np.empty((state_size, width), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
+        grad_A = np.empty((state_size, width), dtype=u.dtype)
+        grads_drive = np.empty((length, width), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
+        grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
+        lanes_B, lanes_C = np.empty(width, dtype=u.dtype), np.empty(width, dtype=u.dtype)
+        for task in range(worker, tasks, workers):
+            b, g, first, count = _block(task, groups, per_group, width)
+            block = task % blocks
+            _block_of_A(A, first, count, A_block)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            for c in range(count):
+                d = first + c
+                grad_y_row = grad_y[b, d]
+                if gated:
+                    z_row = z[b, d]
+                    for t in range(length):
+                        row[t] = grad_y_row[t] * (z_row[t] * _sigmoid(z_row[t]))
+                    for t in range(length):
+                        grads_scan[t, c] = row[t]
+                else:
+                    for t in range(length):
+                        grads_scan[t, c] = grad_y_row[t]
+            states[0] = 0.0
+            outputs[:] = 0.0
+            for t in range(length):
+                step, drive, output = steps[t], drives[t], outputs[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        decay = _exp(step[c] * A_block[n, c])
+                        h = decay * states[t, n, c] + drive[c] * B_tn
+                        decays[t, n, c] = decay
+                        states[t + 1, n, c] = h
+                        output[c] += h * C_tn
+            carried[:] = 0.0
+            grad_A[:] = 0.0
+            grads_drive[:] = 0.0
+            grads_log_decay[:] = 0.0
+            for t in range(length - 1, -1, -1):
+                step, drive, grad_scan = steps[t], drives[t], grads_scan[t]
+                grad_drive, grad_log_decay = grads_drive[t], grads_log_decay[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        decay = decays[t, n, c]
+                        grad_h = grad_scan[c] * C_tn + carried[n, c]  # dh_t
+                        through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
+                        lanes_C[c] = grad_scan[c] * states[t + 1, n, c]
+                        lanes_B[c] = grad_h * drive[c]
+                        grad_A[n, c] += step[c] * through_decay
+                        grad_drive[c] += grad_h * B_tn
+                        grad_log_decay[c] += A_block[n, c] * through_decay
+                        carried[n, c] = grad_h * decay
+                    grad_B_per_block[b, g, block, n, t] = _lane_sum(lanes_B, count)
+                    grad_C_per_block[b, g, block, n, t] = _lane_sum(lanes_C, count)
+            for c in range(count):
+                d = first + c
+                skip, bias = D[d], delta_bias[d]
+                u_row, delta_row, grad_y_row = u[b, d], delta[b, d], grad_y[b, d]
+                grad_u_row, grad_delta_row = grad_u[b, d], grad_delta[b, d]
+                for t in range(length):  # grad_u = dL/d(step u) * step + dL/dy_scan * D
+                    grad_u_row[t] = grads_drive[t, c] * steps[t, c] + grads_scan[t, c] * skip
+                    row[t] = grads_scan[t, c] * u_row[t]
+                grad_D_per_batch[b, d] = row.sum()
+                for t in range(length):  # d loss / d step, before softplus
+                    grad_delta_row[t] = grads_drive[t, c] * u_row[t] + grads_log_decay[t, c]
+                if softplus:
+                    for t in range(length):
+                        grad_delta_row[t] *= _softplus_slope(delta_row[t] + bias)
+                grad_bias_per_batch[b, d] = grad_delta_row.sum()
+                if gated:
+                    z_row, grad_z_row = z[b, d], grad_z[b, d]
+                    for t in range(length):
+                        row[t] = outputs[t, c]
+                    for t in range(length):  # silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+                        s, one = _sigmoid(z_row[t]), _like(skip, 1.0)
+                        slope = s * (one + z_row[t] * (one - s))
+                        grad_z_row[t] = grad_y_row[t] * (row[t] + skip * u_row[t]) * slope
+            for c in range(count):
+                for n in range(state_size):
+                    grad_A_per_batch[b, first + c, n] = grad_A[n, c]
 
 
-def _use_torch_threads() -> None:
-    """numba's pool follows torch's thread setting, so ``torch.set_num_threads`` governs both."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _use_torch_threads() -> int:
+    """numba's pool follows torch's thread setting, so ``torch.set_num_threads`` governs both; returns it."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
 
 
 # Channels per task: wide enough for the inner loop to fill vector registers, narrow enough for
@@ -372,15 +385,16 @@ class FusedScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool) -> Tensor:
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.delta_softplus = delta_softplus
-        _use_torch_threads()
+        workers = _use_torch_threads()
         y = torch.empty_like(u)
-        _scan_forward(*_kernel_arrays(u, delta, A, B, C, D, z, delta_bias), delta_softplus, z is not None, y.numpy(), CHANNELS_PER_TASK)
+        arrays = _kernel_arrays(u, delta, A, B, C, D, z, delta_bias)
+        _scan_forward(*arrays, delta_softplus, z is not None, y.numpy(), CHANNELS_PER_TASK, workers)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        _use_torch_threads()
+        workers = _use_torch_threads()
         (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
         blocks = -(-dim // groups // CHANNELS_PER_TASK)
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
@@ -392,7 +406,7 @@ class FusedScan(torch.autograd.Function):
         grads = (grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch)
         _scan_backward(
             *_kernel_arrays(u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, z is not None,
-            grad_y.contiguous().numpy(), CHANNELS_PER_TASK, *(x.numpy() for x in grads),
+            grad_y.contiguous().numpy(), CHANNELS_PER_TASK, workers, *(x.numpy() for x in grads),
         )
         grad_B, grad_C = (x[:, :, 0] if blocks == 1 else x.sum(2) for x in (grad_B_per_block, grad_C_per_block))
         return (
