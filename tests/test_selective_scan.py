@@ -137,6 +137,19 @@ def test_fused_float32_matches_float64() -> None:
         torch.testing.assert_close(grad, grad_chunked, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_softplus_across_its_range(dtype: torch.dtype) -> None:
+    """The kernel's own softplus: PyTorch's (x itself above the threshold 20) from far below zero to far above."""
+    inputs = random_inputs(length=24, dtype=dtype)
+    inputs["delta"] = torch.linspace(-40.0, 40.0, 2 * 4 * 24, dtype=dtype).view(2, 4, 24)
+    tolerance = 1e-6 if dtype == torch.float64 else 1e-4
+    y, grads = output_and_grads(selective_scan, inputs, cpu_scan="fused")
+    y_ref, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    torch.testing.assert_close(y, y_ref, rtol=tolerance, atol=tolerance)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=tolerance, atol=tolerance)
+
+
 def test_auto_takes_fused_kernel_and_reports_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     chunked_calls = []
     monkeypatch.setattr(selective_scan_module, "_chunked_scan", lambda *args: chunked_calls.append(args))

@@ -1,30 +1,34 @@
-"""The selective scan's recurrence as one fused CPU loop (numba), forward and backward.
+"""Mamba's whole selective scan as one fused CPU pass (numba), forward and backward.
 
 The chunked PyTorch scan (``incad/ops/selective_scan.py``) materialises (batch, dim, N, T)
 temporaries and pays two exps per state update; at the Mamba decoder's shape it is no faster
 than a token loop. The work itself is one exp and two multiply-adds per state update, so this
-module runs the recurrence directly, in one pass over L. A task is a block of up to
-``CHANNELS_PER_TASK`` channels of one (batch item, group of B/C); the blocks run in parallel
-(``prange``) and each keeps its (N, channels) state in a small local array, the innermost loop
-running over channels, which share B_t and C_t: contiguous, independent, so LLVM vectorizes it.
-Inputs are therefore laid out time-major, (batch, L, dim), by the autograd wrapper.
+module runs the recurrence directly, in one pass over L, together with everything element-wise
+around it (``softplus(delta + delta_bias)``, ``D * u``, the ``silu(z)`` gate and their
+gradients): separate PyTorch operations would each read and write a (batch, dim, L) tensor,
+which at this size costs more than the recurrence.
+
+A task is a block of up to ``CHANNELS_PER_TASK`` channels of one (batch item, group of B/C);
+the blocks run in parallel (``prange``). Inputs are read in their own (batch, dim, L) layout:
+a task first gathers its block's step sizes and drives into small time-major (L, channels)
+arrays, so the recurrence's innermost loop runs over channels, which share B_t and C_t:
+contiguous, independent, so LLVM vectorizes it. Its outputs are written back per channel.
 
 The backward is the reverse-time scan of mamba-ssm's CUDA kernel (Gu & Dao, "Mamba", 2023):
 each task recomputes its block's states and decays (L x N x channels, never a
 (batch, dim, N, L) tensor), then walks back accumulating
 ``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. Tasks own disjoint slices of every gradient
-(B and C per block, A per batch item, summed by the wrapper), so there are no write races.
+(B and C per block, A, D and delta_bias per batch item, summed by the wrapper), so there are no
+write races.
 
-A decay ``exp(delta_t A_n)`` is the one transcendental per state update; glibc's scalar
-``expf`` does not vectorize, so float32 uses Cephes' ``expf`` (range reduction to ``2^k e^r``,
-a degree-6 polynomial; relative error below 1e-7, the float32 resolution) written in plain
-arithmetic; float64 keeps ``np.exp``. fastmath stays off, except for the sums over a block's
-channels in the backward (``_lane_sum``), which may be reassociated.
-
-Only the recurrence ``y_t = <C_t, h_t>`` is here: softplus, delta_bias, D and the z gate are
-element-wise and stay in PyTorch (``selective_scan``), where autograd differentiates them.
-Kernels are compiled on first use and cached on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set
-by ``scripts/env.sh``, puts the cache under the project's ``.cache``).
+The transcendentals (the decay ``exp(delta_t A_n)``, softplus, silu) would be glibc's scalar
+calls, which do not vectorize; float32 therefore uses Cephes' ``expf`` and ``logf`` (range
+reduction and a polynomial, relative error near the float32 resolution) written in plain
+arithmetic, float64 keeps numpy's. Softplus and silu follow PyTorch's formulas (softplus'
+threshold 20 included). fastmath stays off, except for the sums over a block's channels in the
+backward (``_lane_sum``), which may be reassociated. Kernels are compiled on first use and cached
+on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set by ``scripts/env.sh``, puts the cache under
+the project's ``.cache``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from torch import Tensor
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+# PyTorch's softplus returns x itself above this (F.softplus' default threshold, beta 1).
+SOFTPLUS_THRESHOLD = 20.0
+
 
 @intrinsic
 def _float32_from_bits(typingctx, bits):  # pragma: no cover - compiled
@@ -53,6 +60,16 @@ def _float32_from_bits(typingctx, bits):  # pragma: no cover - compiled
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _bits_of_float32(typingctx, value):  # pragma: no cover - compiled
+    """The IEEE bits of a float32 as an int32: how its exponent and mantissa are read without a call."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
 
 
 def _exp(x):
@@ -80,6 +97,73 @@ def _exp_for_type(x):
     return expf
 
 
+def _log1p(x):
+    """``log(1 + x)`` for ``x >= 0`` in x's precision (chosen by :func:`_log1p_for_type`)."""
+    return np.log1p(x)
+
+
+@overload(_log1p, inline="always")
+def _log1p_for_type(x):
+    if x != types.float32:
+        return lambda x: np.log1p(x)
+
+    def log1pf(x):  # Cephes logf of u = 1 + x, times x / (u - 1) (Goldberg): exact where 1 + x rounds
+        u = np.float32(1.0) + x
+        bits = _bits_of_float32(u)
+        exponent = (bits >> np.int32(23)) - np.int32(126)  # u = m 2^exponent, m in [0.5, 1)
+        m = _float32_from_bits((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))
+        small = m < np.float32(0.707106781186547524)
+        e = np.float32(exponent - np.int32(1)) if small else np.float32(exponent)
+        m = (m + m - np.float32(1.0)) if small else (m - np.float32(1.0))
+        z = m * m
+        p = np.float32(7.0376836292e-2)
+        p = p * m - np.float32(1.1514610310e-1)
+        p = p * m + np.float32(1.1676998740e-1)
+        p = p * m - np.float32(1.2420140846e-1)
+        p = p * m + np.float32(1.4249322787e-1)
+        p = p * m - np.float32(1.6668057665e-1)
+        p = p * m + np.float32(2.0000714765e-1)
+        p = p * m - np.float32(2.4999993993e-1)
+        p = p * m + np.float32(3.3333331174e-1)
+        log_u = m + (p * m * z + e * np.float32(-2.12194440e-4) - np.float32(0.5) * z) + e * np.float32(0.693359375)
+        grown = u - np.float32(1.0)
+        return x if grown == np.float32(0.0) else log_u * (x / grown)
+
+    return log1pf
+
+
+def _like(x, value):
+    """``value`` as a number of x's type: a Python float would turn float32 arithmetic into float64."""
+    return value
+
+
+@overload(_like, inline="always")
+def _like_for_type(x, value):
+    float_type = np.float32 if x == types.float32 else np.float64
+    return lambda x, value: float_type(value)
+
+
+@njit(inline="always")
+def _softplus(x):  # pragma: no cover - compiled
+    """PyTorch's softplus: ``log1p(exp(x))``, x itself above the threshold."""
+    threshold = _like(x, SOFTPLUS_THRESHOLD)
+    return x if x > threshold else _log1p(_exp(min(x, threshold)))
+
+
+@njit(inline="always")
+def _softplus_slope(x):  # pragma: no cover - compiled
+    """d softplus / dx as PyTorch's backward computes it: ``e / (e + 1)``, ``e = exp(x)``, 1 above the threshold."""
+    threshold, one = _like(x, SOFTPLUS_THRESHOLD), _like(x, 1.0)
+    e = _exp(min(x, threshold))
+    return one if x > threshold else e / (e + one)
+
+
+@njit(inline="always")
+def _sigmoid(x):  # pragma: no cover - compiled
+    one = _like(x, 1.0)
+    return one / (one + _exp(-x))
+
+
 @njit(inline="always")
 def _block(task, groups, per_group, width):  # pragma: no cover - compiled
     """(batch item, group, first channel, channels) of a task: a block of up to ``width`` channels of one group."""
@@ -99,95 +183,192 @@ def _lane_sum(lanes, count):  # pragma: no cover - compiled
     return total
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _scan_forward(u, delta, A, B, C, y, width):  # pragma: no cover - compiled
-    """y[b, t, d] = <C[b, g, t], h_t[d]>, tasks of ``width`` channels, the inner loop over channels.
+@njit(inline="always")
+def _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives):  # pragma: no cover - compiled
+    """Time-major step sizes ``softplus(delta + delta_bias)`` and drives ``step * u`` of a block's channels."""
+    for c in range(count):
+        d = first + c
+        bias, delta_row = delta_bias[d], delta[b, d]
+        if softplus:
+            for t in range(row.shape[0]):  # contiguous, so the transcendental part vectorizes
+                row[t] = _softplus(delta_row[t] + bias)
+        else:
+            for t in range(row.shape[0]):
+                row[t] = delta_row[t] + bias
+        for t in range(row.shape[0]):
+            steps[t, c] = row[t]
+            drives[t, c] = row[t] * u[b, d, t]
 
-    Time-major (batch, L, dim) ``u``, ``delta`` and ``y``, (N, dim) ``A``, (batch, groups, L, N)
-    ``B`` and ``C``: every inner loop runs over contiguous channels, which share B_t and C_t.
+
+@njit(inline="always")
+def _block_of_A(A, first, count, A_block):  # pragma: no cover - compiled
+    """A block's (N, channels) decay rates, so the recurrence reads them along channels."""
+    for n in range(A.shape[1]):
+        for c in range(count):
+            A_block[n, c] = A[first + c, n]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width, workers):  # pragma: no cover - compiled
+    """y = (<C_t, h_t> + D u_t) * silu(z_t) (without the gate unless ``gated``), in tasks of ``width`` channels.
+
+    (batch, dim, L) ``u``, ``delta``, ``z`` and ``y``, (dim, N) ``A``, (batch, groups, N, L)
+    ``B`` and ``C``, (dim,) ``D`` and ``delta_bias``; ``delta`` becomes
+    ``softplus(delta + delta_bias)`` when ``softplus``, else ``delta + delta_bias``. Each of the
+    ``workers`` threads allocates its arrays once and runs every ``workers``-th task in them.
     """
-    batch, length, dim = u.shape
-    groups, state_size = B.shape[1], A.shape[0]
+    batch, dim, length = u.shape
+    groups, state_size = B.shape[1], A.shape[1]
     per_group = dim // groups
     tasks = batch * groups * ((per_group + width - 1) // width)
-    for task in prange(tasks):
-        b, g, first, count = _block(task, groups, per_group, width)
-        A_block = np.ascontiguousarray(A[:, first : first + count])
-        state = np.zeros((state_size, count), dtype=u.dtype)
-        output = np.empty(count, dtype=u.dtype)
-        for t in range(length):
-            step, u_t = delta[b, t, first : first + count], u[b, t, first : first + count]
-            output[:] = 0.0
-            for n in range(state_size):
-                B_tn, C_tn = B[b, g, t, n], C[b, g, t, n]
-                for c in range(count):
-                    h = _exp(step[c] * A_block[n, c]) * state[n, c] + step[c] * u_t[c] * B_tn
-                    state[n, c] = h
-                    output[c] += h * C_tn
-            y[b, t, first : first + count] = output
+    workers = min(workers, tasks)
+    for worker in prange(workers):
+        A_block, state = np.empty((state_size, width), dtype=u.dtype), np.empty((state_size, width), dtype=u.dtype)
+        steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
+        outputs, row = np.empty((length, width), dtype=u.dtype), np.empty(length, dtype=u.dtype)
+        for task in range(worker, tasks, workers):
+            b, g, first, count = _block(task, groups, per_group, width)
+            _block_of_A(A, first, count, A_block)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            state[:] = 0.0
+            outputs[:] = 0.0
+            for t in range(length):
+                step, drive, output = steps[t], drives[t], outputs[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
+                        state[n, c] = h
+                        output[c] += h * C_tn
+            for c in range(count):
+                d = first + c
+                skip, u_row, y_row = D[d], u[b, d], y[b, d]
+                for t in range(length):
+                    row[t] = outputs[t, c]
+                if gated:
+                    z_row = z[b, d]
+                    for t in range(length):
+                        y_row[t] = (row[t] + skip * u_row[t]) * (z_row[t] * _sigmoid(z_row[t]))
+                else:
+                    for t in range(length):
+                        y_row[t] = row[t] + skip * u_row[t]
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _scan_backward(
-    u, delta, A, B, C, grad_y, width, grad_u, grad_delta, grad_A_per_batch, grad_B_per_block, grad_C_per_block
+    u, delta, A, B, C, D, z, delta_bias, softplus, gated, grad_y, width, workers,
+    grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch,
 ):  # pragma: no cover - compiled
-    """Gradients of sum(grad_y * y), laid out as in :func:`_scan_forward`, one task per channel block.
+    """Gradients of sum(grad_y * y) for :func:`_scan_forward`'s inputs, in its tasks and workers.
 
-    A task recomputes its block's states and decays (L, N, width each), then runs back in time. B and C
-    gradients sum over the block's channels and are written per block (summed by the caller),
-    dA per batch item: tasks never write the same element.
+    A task recomputes its block's states and decays (L, N, width each), then runs back in time.
+    ``grad_u``, ``grad_delta`` and ``grad_z`` are (batch, dim, L); B and C gradients sum over the
+    block's channels and are written per block, (batch, groups, blocks, N, L); A's per batch item,
+    (batch, dim, N); D's and delta_bias' per batch item, (batch, dim): the caller sums them, and no
+    two tasks write the same element.
     """
-    batch, length, dim = u.shape
-    groups, state_size = B.shape[1], A.shape[0]
+    batch, dim, length = u.shape
+    groups, state_size = B.shape[1], A.shape[1]
     per_group = dim // groups
     blocks = (per_group + width - 1) // width
-    for task in prange(batch * groups * blocks):
-        b, g, first, count = _block(task, groups, per_group, width)
-        block = task % blocks
-        A_block = np.ascontiguousarray(A[:, first : first + count])
-        states = np.empty((length + 1, state_size, count), dtype=u.dtype)  # states[t + 1] = h_t
-        decays = np.empty((length, state_size, count), dtype=u.dtype)  # exp(delta_t A)
-        states[0] = 0.0
-        for t in range(length):
-            step, u_t = delta[b, t, first : first + count], u[b, t, first : first + count]
-            for n in range(state_size):
-                B_tn = B[b, g, t, n]
-                for c in range(count):
-                    decay = _exp(step[c] * A_block[n, c])
-                    decays[t, n, c] = decay
-                    states[t + 1, n, c] = decay * states[t, n, c] + step[c] * u_t[c] * B_tn
-        carried = np.zeros((state_size, count), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
-        grad_A = np.zeros((state_size, count), dtype=u.dtype)
-        grad_u_t, grad_step = np.empty(count, dtype=u.dtype), np.empty(count, dtype=u.dtype)
-        lanes_B, lanes_C = np.empty(count, dtype=u.dtype), np.empty(count, dtype=u.dtype)
-        for t in range(length - 1, -1, -1):
-            step, u_t = delta[b, t, first : first + count], u[b, t, first : first + count]
-            grad_y_t = grad_y[b, t, first : first + count]
-            grad_u_t[:] = 0.0
-            grad_step[:] = 0.0
-            for n in range(state_size):
-                B_tn, C_tn = B[b, g, t, n], C[b, g, t, n]
-                for c in range(count):
-                    decay = decays[t, n, c]
-                    grad_h = grad_y_t[c] * C_tn + carried[n, c]  # dh_t
-                    through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
-                    lanes_C[c] = grad_y_t[c] * states[t + 1, n, c]
-                    lanes_B[c] = grad_h * step[c] * u_t[c]
-                    grad_A[n, c] += step[c] * through_decay
-                    grad_u_t[c] += grad_h * B_tn
-                    grad_step[c] += grad_h * u_t[c] * B_tn + A_block[n, c] * through_decay
-                    carried[n, c] = grad_h * decay
-                grad_B_per_block[b, g, block, t, n] = _lane_sum(lanes_B, count)
-                grad_C_per_block[b, g, block, t, n] = _lane_sum(lanes_C, count)
+    tasks = batch * groups * blocks
+    workers = min(workers, tasks)
+    for worker in prange(workers):
+        A_block = np.empty((state_size, width), dtype=u.dtype)
+        row = np.empty(length, dtype=u.dtype)
+        steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
+        grads_scan = np.empty((length, width), dtype=u.dtype)  # d loss / d <C_t, h_t>: grad_y through the gate
+        states = np.empty((length + 1, state_size, width), dtype=u.dtype)  # states[t + 1] = h_t
+        decays = np.empty((length, state_size, width), dtype=u.dtype)  # exp(delta_t A)
+        outputs = np.empty((length, width), dtype=u.dtype)  # <C_t, h_t>, for the gate's gradient
+        carried = np.empty((state_size, width), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
+        grad_A = np.empty((state_size, width), dtype=u.dtype)
+        grads_drive = np.empty((length, width), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
+        grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
+        lanes_B, lanes_C = np.empty(width, dtype=u.dtype), np.empty(width, dtype=u.dtype)
+        for task in range(worker, tasks, workers):
+            b, g, first, count = _block(task, groups, per_group, width)
+            block = task % blocks
+            _block_of_A(A, first, count, A_block)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
             for c in range(count):
-                grad_u[b, t, first + c] = grad_u_t[c] * step[c]
-                grad_delta[b, t, first + c] = grad_step[c]
-        grad_A_per_batch[b, :, first : first + count] = grad_A
+                d = first + c
+                grad_y_row = grad_y[b, d]
+                if gated:
+                    z_row = z[b, d]
+                    for t in range(length):
+                        row[t] = grad_y_row[t] * (z_row[t] * _sigmoid(z_row[t]))
+                    for t in range(length):
+                        grads_scan[t, c] = row[t]
+                else:
+                    for t in range(length):
+                        grads_scan[t, c] = grad_y_row[t]
+            states[0] = 0.0
+            outputs[:] = 0.0
+            for t in range(length):
+                step, drive, output = steps[t], drives[t], outputs[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        decay = _exp(step[c] * A_block[n, c])
+                        h = decay * states[t, n, c] + drive[c] * B_tn
+                        decays[t, n, c] = decay
+                        states[t + 1, n, c] = h
+                        output[c] += h * C_tn
+            carried[:] = 0.0
+            grad_A[:] = 0.0
+            grads_drive[:] = 0.0
+            grads_log_decay[:] = 0.0
+            for t in range(length - 1, -1, -1):
+                step, drive, grad_scan = steps[t], drives[t], grads_scan[t]
+                grad_drive, grad_log_decay = grads_drive[t], grads_log_decay[t]
+                for n in range(state_size):
+                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                    for c in range(count):
+                        decay = decays[t, n, c]
+                        grad_h = grad_scan[c] * C_tn + carried[n, c]  # dh_t
+                        through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
+                        lanes_C[c] = grad_scan[c] * states[t + 1, n, c]
+                        lanes_B[c] = grad_h * drive[c]
+                        grad_A[n, c] += step[c] * through_decay
+                        grad_drive[c] += grad_h * B_tn
+                        grad_log_decay[c] += A_block[n, c] * through_decay
+                        carried[n, c] = grad_h * decay
+                    grad_B_per_block[b, g, block, n, t] = _lane_sum(lanes_B, count)
+                    grad_C_per_block[b, g, block, n, t] = _lane_sum(lanes_C, count)
+            for c in range(count):
+                d = first + c
+                skip, bias = D[d], delta_bias[d]
+                u_row, delta_row, grad_y_row = u[b, d], delta[b, d], grad_y[b, d]
+                grad_u_row, grad_delta_row = grad_u[b, d], grad_delta[b, d]
+                for t in range(length):  # grad_u = dL/d(step u) * step + dL/dy_scan * D
+                    grad_u_row[t] = grads_drive[t, c] * steps[t, c] + grads_scan[t, c] * skip
+                    row[t] = grads_scan[t, c] * u_row[t]
+                grad_D_per_batch[b, d] = row.sum()
+                for t in range(length):  # d loss / d step, before softplus
+                    grad_delta_row[t] = grads_drive[t, c] * u_row[t] + grads_log_decay[t, c]
+                if softplus:
+                    for t in range(length):
+                        grad_delta_row[t] *= _softplus_slope(delta_row[t] + bias)
+                grad_bias_per_batch[b, d] = grad_delta_row.sum()
+                if gated:
+                    z_row, grad_z_row = z[b, d], grad_z[b, d]
+                    for t in range(length):
+                        row[t] = outputs[t, c]
+                    for t in range(length):  # silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+                        s, one = _sigmoid(z_row[t]), _like(skip, 1.0)
+                        slope = s * (one + z_row[t] * (one - s))
+                        grad_z_row[t] = grad_y_row[t] * (row[t] + skip * u_row[t]) * slope
+            for c in range(count):
+                for n in range(state_size):
+                    grad_A_per_batch[b, first + c, n] = grad_A[n, c]
 
 
-def _use_torch_threads() -> None:
-    """numba's pool follows torch's thread setting, so ``torch.set_num_threads`` governs both."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _use_torch_threads() -> int:
+    """numba's pool follows torch's thread setting, so ``torch.set_num_threads`` governs both; returns it."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
 
 
 # Channels per task: wide enough for the inner loop to fill vector registers, narrow enough for
@@ -195,42 +376,58 @@ def _use_torch_threads() -> None:
 CHANNELS_PER_TASK = 64
 
 
-def _time_major(tensor: Tensor) -> np.ndarray:
-    """(batch, dim, L) -> a contiguous (batch, L, dim) array; (batch, groups, N, L) -> (batch, groups, L, N)."""
-    return tensor.detach().transpose(-1, -2).contiguous().numpy()
-
-
 class FusedScan(torch.autograd.Function):
-    """``<C_t, h_t>`` for (batch, dim, L) ``u`` and ``delta`` (already the step size), (dim, N)
-    ``A``, (batch, groups, N, L) ``B`` and ``C``, all CPU tensors of one float dtype."""
+    """mamba-ssm's ``selective_scan_fn`` on contiguous CPU tensors of one float dtype: (batch, dim, L)
+    ``u``, ``delta`` and ``z`` (or None), (dim, N) ``A``, (batch, groups, N, L) ``B`` and ``C``,
+    (dim,) ``D`` and ``delta_bias`` (or None)."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        ctx.save_for_backward(u, delta, A, B, C)
-        _use_torch_threads()
-        y = u.new_empty(u.shape[0], u.shape[2], u.shape[1])
-        arrays = (_time_major(x) for x in (u, delta, A, B, C))
-        _scan_forward(*arrays, y.numpy(), CHANNELS_PER_TASK)
-        return y.transpose(1, 2)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool) -> Tensor:
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        workers = _use_torch_threads()
+        y = torch.empty_like(u)
+        arrays = _kernel_arrays(u, delta, A, B, C, D, z, delta_bias)
+        _scan_forward(*arrays, delta_softplus, z is not None, y.numpy(), CHANNELS_PER_TASK, workers)
+        return y
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, ...]:
-        u, delta, A, B, C = ctx.saved_tensors
-        _use_torch_threads()
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        workers = _use_torch_threads()
         (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
         blocks = -(-dim // groups // CHANNELS_PER_TASK)
-        grad_u, grad_delta = u.new_empty(batch, length, dim), u.new_empty(batch, length, dim)
-        grad_A_per_batch = u.new_empty(batch, state_size, dim)
-        grad_B_per_block = u.new_empty(batch, groups, blocks, length, state_size)
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
+        grad_z = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)
+        grad_A_per_batch = u.new_empty(batch, dim, state_size)
+        grad_B_per_block = u.new_empty(batch, groups, blocks, state_size, length)
         grad_C_per_block = torch.empty_like(grad_B_per_block)
+        grad_D_per_batch, grad_bias_per_batch = u.new_empty(batch, dim), u.new_empty(batch, dim)
+        grads = (grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch)
         _scan_backward(
-            *(_time_major(x) for x in (u, delta, A, B, C, grad_y)), CHANNELS_PER_TASK,
-            *(x.numpy() for x in (grad_u, grad_delta, grad_A_per_batch, grad_B_per_block, grad_C_per_block)),
+            *_kernel_arrays(u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, z is not None,
+            grad_y.contiguous().numpy(), CHANNELS_PER_TASK, workers, *(x.numpy() for x in grads),
         )
-        grad_B, grad_C = (x.sum(2).transpose(-1, -2) for x in (grad_B_per_block, grad_C_per_block))
-        return grad_u.transpose(1, 2), grad_delta.transpose(1, 2), grad_A_per_batch.sum(0).T, grad_B, grad_C
+        grad_B, grad_C = (x[:, :, 0] if blocks == 1 else x.sum(2) for x in (grad_B_per_block, grad_C_per_block))
+        return (
+            grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C,
+            grad_D_per_batch.sum(0) if D is not None else None,
+            grad_z if z is not None else None,
+            grad_bias_per_batch.sum(0) if delta_bias is not None else None,
+            None,
+        )
 
 
-def fused_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+def _kernel_arrays(u, delta, A, B, C, D, z, delta_bias) -> tuple[np.ndarray, ...]:
+    """The kernels' arguments: absent D and delta_bias as zeros, an absent z as ``u`` (not read)."""
+    zeros = u.new_zeros(u.shape[1])
+    tensors = (u, delta, A, B, C, zeros if D is None else D, u if z is None else z, zeros if delta_bias is None else delta_bias)
+    return tuple(x.detach().numpy() for x in tensors)
+
+
+def fused_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool,
+) -> Tensor:
     """See :class:`FusedScan`; ``dim`` must be a multiple of the groups (checked by the caller)."""
-    return FusedScan.apply(u, delta, A, B, C)
+    return FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

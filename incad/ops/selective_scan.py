@@ -97,8 +97,6 @@ def selective_scan(
     if cpu_scan not in ("auto", "fused", "chunked"):
         raise ValueError(f"cpu_scan must be 'auto', 'fused' or 'chunked', not {cpu_scan!r}")
     compute_dtype = torch.promote_types(u.dtype, torch.float32)
-    delta = _effective_delta(delta.to(compute_dtype), delta_bias, delta_softplus)
-    u_compute = u.to(compute_dtype)
     B, C = _grouped(B).to(compute_dtype), _grouped(C).to(compute_dtype)
     if u.shape[1] % B.shape[1]:
         raise ValueError(f"dim {u.shape[1]} is not divisible by the {B.shape[1]} groups of B and C")
@@ -107,10 +105,13 @@ def selective_scan(
         raise RuntimeError("cpu_scan='fused' needs numba on a CPU tensor: install numba or use cpu_scan='auto'")
     if cpu_scan == "auto" and not u.is_cuda:
         _report_cpu_scan(fused is not None)
-    if fused is not None:
-        y = fused(u_compute, delta, A.to(compute_dtype), B, C)
-    else:
-        y = _chunked_scan(u_compute, delta, A.to(compute_dtype), B, C, chunk_size)
+    if fused is not None:  # the kernel applies delta_bias, softplus, D and the gate itself
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        u, delta, A, B, C, D, z, delta_bias = (None if x is None else x.to(compute_dtype).contiguous() for x in inputs)
+        return fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus).to(inputs[0].dtype)
+    delta = _effective_delta(delta.to(compute_dtype), delta_bias, delta_softplus)
+    u_compute = u.to(compute_dtype)
+    y = _chunked_scan(u_compute, delta, A.to(compute_dtype), B, C, chunk_size)
     return _skip_and_gate(y, u_compute, D, z).to(u.dtype)
 
 
