@@ -32,18 +32,19 @@ def nearest_neighbours(
     distances exist at once. With ``query_groups`` (N,) and ``bank_groups``
     (M,), a query never matches a bank row of its own group (leave-one-out);
     a query with no eligible row gets distance inf and index -1. Distances
-    follow ``|x|^2 + |z|^2 - 2 x.z`` (:func:`partial_squared_distances`), as
-    ``torch.cdist`` computes them for more than 25 rows, so both agree to
-    float rounding.
+    follow ``|x|^2 + |z|^2 - 2 x.z`` with ``|x|^2`` added after the minimum,
+    as :func:`partial_squared_distances` explains; ``torch.cdist`` computes
+    them the same way for more than 25 rows, so both agree to float rounding.
     """
     if bank.shape[0] == 0:
         raise ValueError("nearest_neighbours: the memory bank is empty")
     rows = max(1, budget // bank.shape[0])
-    bank_norms = (bank * bank).sum(dim=1)
+    # [x, 1] . [-2z, |z|^2] = |z|^2 - 2 x.z: the norms ride in the product instead of a pass over the N x M block.
+    augmented_bank = torch.cat([bank * -2.0, (bank * bank).sum(dim=1, keepdim=True)], dim=1).T
     distances, indices = [], []
     for start in range(0, queries.shape[0], rows):
         block = queries[start : start + rows]
-        partial = partial_squared_distances(block, bank, bank_norms)
+        partial = torch.cat([block, block.new_ones(len(block), 1)], dim=1) @ augmented_bank
         if query_groups is not None and bank_groups is not None:
             partial.masked_fill_(query_groups[start : start + rows, None] == bank_groups[None, :], float("inf"))
         nearest = partial.min(dim=1)
