@@ -124,22 +124,6 @@ def test_map_scales_come_from_leave_one_image_out_image_scores(tiny_dataset):
         assert abs(scale - unseen[modality]) < abs(in_sample[modality] - unseen[modality])
 
 
-def test_map_scales_are_a_running_mean_over_every_experience(tiny_dataset):
-    """A new experience moves the shared scale by its share of the calibration images; it does not replace it."""
-    learner = fitted_learner(tiny_dataset)
-    first_scale, first_images = learner.map_scale.clone(), learner.scale_images.clone()
-    assert torch.equal(first_images, torch.tensor([6.0, 6.0]))  # every training image calibrates (6 < CALIBRATION_IMAGES)
-    recorded = []
-    scores_of = learner.leave_one_image_out_scores
-    learner.leave_one_image_out_scores = lambda *args: recorded.append(scores_of(*args)) or recorded[-1]
-    learner.fit([batch_of(tiny_dataset, ["ring"])])
-    for index, new in enumerate(recorded):
-        expected = (first_scale[index] * first_images[index] + new.sum()) / (first_images[index] + len(new))
-        torch.testing.assert_close(learner.map_scale[index], expected)
-        assert not torch.isclose(learner.map_scale[index], new.mean())  # not the latest experience's alone
-    assert torch.equal(learner.scale_images, first_images + torch.tensor([len(new) for new in recorded], dtype=torch.float))
-
-
 def test_scoring_uses_no_class_id(tiny_dataset):
     learner = fitted_learner(tiny_dataset, reweighting=True)
     batch = batch_of(tiny_dataset, ["dome", "ring"], split="test")

@@ -39,10 +39,8 @@ experience, the maximum over their scored patches of the distance to the bank
 without the entries the image itself contributed in this experience, averaged
 over the images: the closest stand-in for an unseen normal image that costs one
 search, not a coreset per image. It is set in ``fit`` (where the entries'
-source images are known) as the mean over the calibration images of *every*
-experience so far (a running mean): the scale is shared by all classes (no
-class id), and a new experience moves it by its share of the images instead
-of replacing it with its own, which would shift the earlier classes' scores.
+source images are known) from the latest experience, as the other learners'
+scales are.
 
 Reweighting (``reweighting: true``, PatchCore's image score): for the patch
 with the largest distance s* in a modality's map, with nearest entry m*, the
@@ -163,8 +161,6 @@ class PatchCoreLearner(ScaledModalityMaps):
         for modality_name in self.modalities:
             register_growing_buffer(self, f"bank_{modality_name}", torch.empty(0, self.channels(modality_name)))
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))
-        # Calibration images behind each modality's map_scale (the running mean's count).
-        self.register_buffer("scale_images", torch.zeros(len(self.modalities)))
 
     def channels(self, modality: str) -> int:
         if modality == "depth" and self.options.three_d == "fpfh":
@@ -232,11 +228,7 @@ class PatchCoreLearner(ScaledModalityMaps):
             chosen = greedy_coreset(features, size, self.options.projection_dim, seed + index)
             old = self.bank(modality)
             calibration = torch.cat(scored[modality]) & torch.isin(owner, calibration_images.to(owner.device))
-            scores = self.leave_one_image_out_scores(features, owner, calibration, old, chosen)
-            if len(scores):
-                total = self.map_scale[index] * self.scale_images[index] + scores.sum()
-                self.scale_images[index] += len(scores)
-                self.map_scale[index] = (total / self.scale_images[index]).clamp_min(1e-8)
+            self.map_scale[index] = self.leave_one_image_out_scale(features, owner, calibration, old, chosen)
             setattr(self, f"bank_{modality}", torch.cat([old, features[chosen].to(old.dtype)]))
         self.fits += 1
 
@@ -246,17 +238,17 @@ class PatchCoreLearner(ScaledModalityMaps):
             return None
         return valid_tokens(batch, self.grid)
 
-    def leave_one_image_out_scores(self, features: Tensor, owner: Tensor, calibration: Tensor, old_bank: Tensor, chosen: Tensor) -> Tensor:
-        """Per calibration image, its largest distance to the new bank without its own new entries (none: empty)."""
+    def leave_one_image_out_scale(self, features: Tensor, owner: Tensor, calibration: Tensor, old_bank: Tensor, chosen: Tensor) -> Tensor:
+        """Mean over the calibration images of their largest distance to the new bank without their own new entries."""
         bank = torch.cat([old_bank, features[chosen]])
         bank_owner = torch.cat([torch.full((len(old_bank),), -1, device=owner.device, dtype=owner.dtype), owner[chosen]])
         distances, _ = nearest_neighbours(features[calibration], bank, owner[calibration], bank_owner)
         finite = torch.isfinite(distances)
+        if not finite.any():
+            return torch.ones((), device=features.device)
         image_of = owner[calibration][finite]
-        if len(image_of) == 0:
-            return distances.new_zeros(0)
         image_max = torch.zeros(int(owner.max()) + 1, device=features.device).scatter_reduce(0, image_of, distances[finite], "amax")
-        return image_max[image_of.unique()]
+        return image_max[image_of.unique()].mean().clamp_min(1e-8)
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
         """Nothing after the epochs: the scales are set in ``fit``, where each bank entry's source image is known."""
