@@ -230,3 +230,32 @@ def test_registry_register_get_and_errors() -> None:
         registry.register("round")(make_round)
     assert "efficientnet-lite0" in BACKBONES.names()
     assert [f"efficientnet-b{i}" for i in range(8)] == [n for n in BACKBONES.names() if "-b" in n]
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-b0"])
+def test_folded_batchnorms_give_the_features_of_the_plain_network(name: str) -> None:
+    """The backbone folds its BatchNorms into the convolutions: same taps as the plain network's layers, to rounding."""
+    backbone = build_quietly(name, weights="random", taps=[2, 4])
+    network = lite_network(0) if name.endswith("lite0") else EfficientNet.from_name(name, image_size=None)
+    network.load_state_dict({key.replace("stem.0.", "_conv_stem.").replace("stem.1.", "_bn0.").replace("blocks.", "_blocks."): value for key, value in backbone.state_dict().items()}, strict=False)
+    network.eval()
+    images = synthetic_images(batch=2, size=64)
+    with torch.no_grad():
+        features = network._swish(network._bn0(network._conv_stem((images - backbone.mean) / backbone.std)))
+        expected = []
+        for index, block in enumerate(network._blocks[:5]):
+            features = block(features)
+            if index in (2, 4):
+                expected.append(features)
+        for tap, reference in zip(backbone(images), expected):
+            torch.testing.assert_close(tap, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_loaded_weights_are_folded_again(lite0: MultiScaleFeatures) -> None:
+    """Loading a state dict (a checkpoint) refolds the BatchNorms: the features follow the loaded weights."""
+    backbone = build_quietly("efficientnet-lite0", weights="random")
+    images = synthetic_images(batch=2, size=64)
+    assert not torch.allclose(backbone(images)[0], lite0(images)[0])
+    backbone.load_state_dict(lite0.state_dict())
+    for tap, reference in zip(backbone(images), lite0(images)):
+        torch.testing.assert_close(tap, reference, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ import math
 import torch
 from torch import Tensor
 
-from incad.ops.nearest import nearest_neighbours
+from incad.ops.nearest import nearest_neighbours, partial_squared_distances
 
 # A centre is skipped for a cell only when its bound clears the cell's reach by this relative margin,
 # so float rounding in the bound can never skip a centre the plain loop would have counted.
@@ -57,7 +57,7 @@ def nearest_squared_distances(points: Tensor, point_norms: Tensor, centres: Tens
 
     ``min_z(|z|^2 - 2 x.z) + |x|^2``: one fused matrix product, and ``|x|^2`` added after the minimum.
     """
-    return torch.addmm(centre_norms[None, :], points, centres.T, alpha=-2.0).amin(dim=1).add_(point_norms).clamp_min_(0.0)
+    return partial_squared_distances(points, centres, centre_norms).amin(dim=1).add_(point_norms).clamp_min_(0.0)
 
 
 def random_projection(features: Tensor, projection_dim: int | None, seed: int) -> Tensor:

@@ -170,23 +170,33 @@ class PatchCoreLearner(ScaledModalityMaps):
     def bank(self, modality: str) -> Tensor:
         return getattr(self, f"bank_{modality}")
 
-    def features(self, batch: Batch, modality: str) -> tuple[Tensor, Tensor | None]:
-        """(B, L, C) patch tokens of one modality, and for 3-D the (B, L) valid-token mask (None for RGB)."""
-        suffix = f"{modality}|taps{self.options.taps}|n{self.options.neighbourhood}"
-        if modality == "depth" and self.options.three_d == "fpfh":
+    def features(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """Per modality, the (B, L, C) patch tokens and for 3-D the (B, L) valid-token mask (None for RGB).
+
+        The modalities the backbone reads (RGB, and depth with ``depth_backbone``)
+        go through it together, as one batch: one pass instead of one per modality.
+        """
+        suffix = f"taps{self.options.taps}|n{self.options.neighbourhood}"
+        maps = {}
+        if "depth" in self.modalities and self.options.three_d == "fpfh":
             if batch.xyz is None:
                 raise ValueError(f"{batch.path[0]}: three_d 'fpfh' needs the organized point cloud, but the batch has no xyz")
-            keys = [f"{path}|fpfh|{suffix}" for path in batch.path]
-            maps = frozen_features(self.patch_features.point_features, self.point_cache, batch.xyz, keys)
-        else:
-            keys = [f"{path}|{suffix}" for path in batch.path]
-            maps = frozen_features(self.patch_features.image_features, self.image_cache, modality_input(batch, modality), keys)
-        tokens = maps.flatten(2).transpose(1, 2)
-        return tokens, (valid_tokens(batch, maps.shape[-2:]) if modality == "depth" else None)
+            keys = [f"{path}|fpfh|depth|{suffix}" for path in batch.path]
+            maps["depth"] = frozen_features(self.patch_features.point_features, self.point_cache, batch.xyz, keys)
+        imaged = [m for m in self.modalities if m not in maps]
+        if imaged:
+            inputs = torch.cat([modality_input(batch, m) for m in imaged])
+            keys = [f"{path}|{m}|{suffix}" for m in imaged for path in batch.path]
+            stacked = frozen_features(self.patch_features.image_features, self.image_cache, inputs, keys)
+            maps.update(zip(imaged, stacked.split(len(batch))))
+        return {
+            m: (maps[m].flatten(2).transpose(1, 2), valid_tokens(batch, maps[m].shape[-2:]) if m == "depth" else None)
+            for m in self.modalities
+        }
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """The patch tokens of each modality (there is no training output: the bank is fitted, not trained)."""
-        return {f"{m}/features": self.features(batch, m)[0] for m in self.modalities}
+        return {f"{m}/features": tokens for m, (tokens, _) in self.features(batch).items()}
 
     def loss_terms(self) -> list[LossTerm]:
         """No loss: PatchCore has no trainable parameter, so the strategy runs no epoch for it."""
@@ -201,8 +211,7 @@ class PatchCoreLearner(ScaledModalityMaps):
         seen = 0
         for batch in batches:
             scored_tokens = self.scored_tokens(batch)
-            for modality in self.modalities:
-                features, valid = self.features(batch, modality)
+            for modality, (features, valid) in self.features(batch).items():
                 owner = torch.arange(seen, seen + len(batch), device=features.device)[:, None].expand(features.shape[:2])
                 keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device) if valid is None else valid
                 tokens[modality].append(features[keep])
@@ -245,17 +254,22 @@ class PatchCoreLearner(ScaledModalityMaps):
         """Nothing after the epochs: the scales are set in ``fit``, where each bank entry's source image is known."""
 
     def modality_maps(self, batch: Batch) -> dict[str, Tensor]:
-        """Per modality, each patch's distance to its nearest bank entry, (B, h, w); 0 on invalid 3-D tokens."""
+        """Per modality, each patch's distance to its nearest bank entry, (B, h, w); 0 on tokens that are not scored.
+
+        Only the scored tokens (:meth:`scored_tokens`; with depth, those with 3-D
+        points) are searched: the others are 0 in the fused map whatever their
+        distance, and the search is most of the cost.
+        """
+        scored = self.scored_tokens(batch)
         maps = {}
-        for modality in self.modalities:
+        for modality, (tokens, _) in self.features(batch).items():
             bank = self.bank(modality)
             if len(bank) == 0:
                 raise ConfigError("patchcore: the memory bank is empty; the learner must be fitted on an experience before it scores")
-            tokens, valid = self.features(batch, modality)
-            distances, nearest = nearest_neighbours(tokens.reshape(-1, tokens.shape[-1]), bank)
-            distances, nearest = distances.reshape(tokens.shape[:2]), nearest.reshape(tokens.shape[:2])
-            if valid is not None:
-                distances = distances * valid
+            searched = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if scored is None else scored.to(tokens.device)
+            distances = tokens.new_zeros(tokens.shape[:2])
+            nearest = torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+            distances[searched], nearest[searched] = nearest_neighbours(tokens[searched], bank)
             if self.options.reweighting:
                 distances = distances * self.reweighting(tokens, distances, nearest, bank)[:, None]
             maps[modality] = distances.reshape(len(batch), *self.grid)

@@ -39,6 +39,7 @@ from efficientnet_pytorch.utils import get_model_params, get_same_padding_conv2d
 from torch import Tensor, nn
 
 from incad.errors import ConfigError
+from incad.models.backbones.folding import fold_batch_norms, refold
 from incad.models.backbones.registry import register_backbone
 
 ALIGNED_STRIDE = 16
@@ -90,6 +91,10 @@ class MultiScaleFeatures(nn.Module):
         self.train(False)
         # oneDNN's depthwise convolutions run faster on CPU in channels-last layout.
         self.to(memory_format=torch.channels_last)
+        # BatchNorms folded into their convolutions (incad.models.backbones.folding); refolded when weights are loaded.
+        self.folds = conv_norm_pairs(network, self.blocks)
+        fold_batch_norms([self.stem, self.blocks], self.folds)
+        self.register_load_state_dict_post_hook(lambda module, incompatible: refold(module.folds))
 
     def train(self, mode: bool = True) -> MultiScaleFeatures:
         """Stay in eval mode whatever is asked: the backbone is never trained."""
@@ -133,6 +138,16 @@ def align_to_grid(features: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
         else:
             aligned.append(F.interpolate(feature, size=grid, mode="bilinear", align_corners=False))
     return torch.cat(aligned, dim=1)
+
+
+def conv_norm_pairs(network: EfficientNet, blocks: Sequence[nn.Module]) -> list[tuple[nn.Module, nn.Module]]:
+    """Each convolution of the stem and of ``blocks`` with the BatchNorm that follows it."""
+    pairs = [(network._conv_stem, network._bn0)]
+    for block in blocks:
+        if block._block_args.expand_ratio != 1:
+            pairs.append((block._expand_conv, block._bn0))
+        pairs += [(block._depthwise_conv, block._bn1), (block._project_conv, block._bn2)]
+    return pairs
 
 
 def efficientnet_block_strides(network: EfficientNet) -> list[int]:
@@ -186,7 +201,7 @@ def lite_network(variant: int) -> EfficientNet:
     network._fc = nn.Linear(LITE_HEAD_CHANNELS, global_params.num_classes)
     for module in list(network.modules()):
         if hasattr(module, "_swish"):
-            module._swish = nn.ReLU6()
+            module._swish = nn.ReLU6(inplace=True)  # on a convolution's fresh output: no copy needed
     return network
 
 
