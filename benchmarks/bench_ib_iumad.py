@@ -12,6 +12,7 @@ cost of the Mamba decoders and IBFM; on CPU mostly the selective scan).
 
     .venv/bin/python benchmarks/bench_ib_iumad.py [--epochs 15] [--set dataset.image_size=128 ...]
     .venv/bin/python benchmarks/bench_ib_iumad.py --rows plain ib_iumad --no-inference --epochs 2   # training time only, minutes
+    .venv/bin/python benchmarks/bench_ib_iumad.py --rows fusion_add fusion_concat_fc fusion_linear_glu --no-inference   # Table 6
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ RUNS = {  # --rows name: (label, overrides)
     "no_ibfm": ("Mamba on, IBFM off", {"learner.name": "ib_iumad", "learner.ibfm": False}),
     "no_mamba": ("Mamba off, IBFM on", {"learner.name": "ib_iumad", "learner.mamba": False}),
     "neither": ("Mamba off, IBFM off", {"learner.name": "ib_iumad", "learner.mamba": False, "learner.ibfm": False}),
+    # Table 6: IBFM's fusion operator (the ib_iumad row is cross_attention, the default).
+    "fusion_add": ("IBFM fusion add", {"learner.name": "ib_iumad", "learner.fusion": "add"}),
+    "fusion_concat_fc": ("IBFM fusion concat_fc", {"learner.name": "ib_iumad", "learner.fusion": "concat_fc"}),
+    "fusion_linear_glu": ("IBFM fusion linear_glu", {"learner.name": "ib_iumad", "learner.fusion": "linear_glu"}),
 }
 COLUMNS = {
     "i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "aupro_30": "AUPRO@0.3", "aupro_1": "AUPRO@0.01", "fm": "FM (I-AUROC)",

@@ -34,7 +34,20 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 spec="."; [ -n "$extra" ] && spec=".[$extra]"
+# torch's x86_64 wheel alone fills about 5.5 GB of .venv: say so before pip fails half-way.
+free_kib="$(df -Pk . | awk 'NR == 2 {print $4}')"
+if [ -n "$free_kib" ] && [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
+  echo "setup: only $((free_kib / 1024)) MiB free on the disk of $(pwd); installing needs about 8 GiB. Free some space (old virtual environments, /tmp) and run again." >&2
+  exit 1
+fi
 echo "setup: installing incad$([ -n "$extra" ] && echo "[$extra]") into .venv (first time: a few minutes)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
+set +o pipefail
+.venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -e "$spec" 2>&1 | grep -v "^WARNING: Location"
+pip_status="${PIPESTATUS[0]}"
+set -o pipefail
+if [ "$pip_status" -ne 0 ]; then
+  echo "setup: pip could not install incad$([ -n "$extra" ] && echo "[$extra]") (exit $pip_status, message above); nothing was recorded, so the next run tries again" >&2
+  exit 1
+fi
 .venv/bin/python -c "import incad, torch, avalanche, mlflow" >/dev/null
 echo "$want" > "$stamp"
