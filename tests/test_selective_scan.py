@@ -124,6 +124,35 @@ def test_fused_channel_blocks_and_threads(monkeypatch: pytest.MonkeyPatch) -> No
         torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("length", [37, 8, 3])
+def test_fused_backward_chunks(monkeypatch: pytest.MonkeyPatch, length: int) -> None:
+    """Backward chunks of 4 tokens from the forward's checkpoints (several, the last one short or full,
+    or one chunk shorter than 4): the recurrence's gradients; a second backward (retain_graph) gives the same."""
+    monkeypatch.setattr(importlib.import_module("incad.ops.fused_scan"), "CHECKPOINT_EVERY", 4)
+    inputs = {k: v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in random_inputs(length=length, groups=2).items()}
+    tensors = [inputs[name] for name in INPUT_NAMES]
+    y = selective_scan(**inputs, cpu_scan="fused")
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    grads = torch.autograd.grad((y * weights).sum(), tensors, retain_graph=True)
+    grads_again = torch.autograd.grad((y * weights).sum(), tensors)
+    _, grads_ref = output_and_grads(selective_scan_reference, inputs)
+    for grad, grad_again, grad_ref in zip(grads, grads_again, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+        assert torch.equal(grad, grad_again)
+
+
+def test_fused_without_grad_builds_no_graph() -> None:
+    """Under no_grad and inference_mode the forward keeps nothing for a backward and gives the same y."""
+    inputs = {k: v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in random_inputs().items()}
+    y = selective_scan(**inputs, cpu_scan="fused")
+    with torch.no_grad():
+        y_no_grad = selective_scan(**inputs, cpu_scan="fused")
+    with torch.inference_mode():
+        y_inference = selective_scan(**inputs, cpu_scan="fused")
+    assert y.grad_fn is not None and y_no_grad.grad_fn is None and y_inference.grad_fn is None
+    assert torch.equal(y_no_grad, y.detach()) and torch.equal(y_inference, y.detach())
+
+
 def test_fused_float32_matches_float64() -> None:
     """float32 uses its own exp (Cephes' expf): within float32 resolution of the float64 recurrence."""
     inputs64 = random_inputs(groups=2, length=50)

@@ -10,23 +10,27 @@ which at this size costs more than the recurrence.
 
 A task is a block of up to ``CHANNELS_PER_TASK`` channels of one (batch item, group of B/C);
 the blocks run in parallel (``prange``). Inputs are read in their own (batch, dim, L) layout:
-a task first gathers its block's step sizes and drives into small time-major (L, channels)
-arrays, so the recurrence's innermost loop runs over channels, which share B_t and C_t:
-contiguous, independent, so LLVM vectorizes it. Its outputs are written back per channel.
+a task computes its block's element-wise parts per channel (contiguous, so they vectorize) and
+transposes them, 16 tokens at a time so the rows stay in cache, into small time-major
+(L, channels) arrays, so the recurrence's innermost loop runs over channels, which share B_t
+and C_t: contiguous, independent, so LLVM vectorizes it. Its outputs go back the same way.
 
-The backward is the reverse-time scan of mamba-ssm's CUDA kernel (Gu & Dao, "Mamba", 2023):
-each task recomputes its block's states and decays (L x N x channels, never a
-(batch, dim, N, L) tensor), then walks back accumulating
-``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. Tasks own disjoint slices of every gradient
-(B and C per block, A, D and delta_bias per batch item, summed by the wrapper), so there are no
-write races.
+The backward is the reverse-time scan of mamba-ssm's CUDA kernel (Gu & Dao, "Mamba", 2023),
+accumulating ``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. When a gradient is needed the
+forward keeps the state entering every ``CHECKPOINT_EVERY``-th token; the backward walks each
+block's chunks last first, recomputes a chunk's decays and states from its checkpoint into
+chunk-sized arrays (in cache; never a (batch, dim, N, L) tensor) and runs back through it.
+Keeping every decay from the forward instead (a (batch, dim, L, N) tensor) saves the exps but
+reads the decays back from memory, which costs about as much. Tasks own disjoint slices of every
+gradient (B and C per block, A, D and delta_bias per batch item, summed by the wrapper), so
+there are no write races.
 
 The transcendentals (the decay ``exp(delta_t A_n)``, softplus, silu) would be glibc's scalar
 calls, which do not vectorize; float32 therefore uses Cephes' ``expf`` and ``logf`` (range
 reduction and a polynomial, relative error near the float32 resolution) written in plain
 arithmetic, float64 keeps numpy's. Softplus and silu follow PyTorch's formulas (softplus'
 threshold 20 included). fastmath stays off, except for the sums over a block's channels in the
-backward (``_lane_sum``), which may be reassociated. Kernels are compiled on first use and cached
+backward (``_token_backward``), which may be reassociated. Kernels are compiled on first use and cached
 on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set by ``scripts/env.sh``, puts the cache under
 the project's ``.cache``).
 """
@@ -174,30 +178,47 @@ def _block(task, groups, per_group, width):  # pragma: no cover - compiled
     return b, g, first, min(width, (g + 1) * per_group - first)
 
 
-@njit(fastmath={"reassoc"})
-def _lane_sum(lanes, count):  # pragma: no cover - compiled
-    """Sum of ``lanes[:count]``; reassociation (only here) lets it run in vector registers."""
-    total = lanes[0]
-    for c in range(1, count):
-        total += lanes[c]
-    return total
+@njit(inline="always")
+def _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives):  # pragma: no cover - compiled
+    """Step sizes ``softplus(delta + delta_bias)`` and drives ``step * u`` of a block's channels:
+    channel-major in ``by_channel[0]`` and ``by_channel[1]`` (contiguous, so the transcendental
+    part vectorizes), then time-major in ``steps`` and ``drives``."""
+    for c in range(count):
+        d = first + c
+        bias, delta_row, u_row, step, drive = delta_bias[d], delta[b, d], u[b, d], by_channel[0, c], by_channel[1, c]
+        if softplus:
+            for t in range(step.shape[0]):
+                step[t] = _softplus(delta_row[t] + bias)
+        else:
+            for t in range(step.shape[0]):
+                step[t] = delta_row[t] + bias
+        for t in range(step.shape[0]):
+            drive[t] = step[t] * u_row[t]
+    _to_time_major(by_channel[0], count, steps)
+    _to_time_major(by_channel[1], count, drives)
 
 
 @njit(inline="always")
-def _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives):  # pragma: no cover - compiled
-    """Time-major step sizes ``softplus(delta + delta_bias)`` and drives ``step * u`` of a block's channels."""
-    for c in range(count):
-        d = first + c
-        bias, delta_row = delta_bias[d], delta[b, d]
-        if softplus:
-            for t in range(row.shape[0]):  # contiguous, so the transcendental part vectorizes
-                row[t] = _softplus(delta_row[t] + bias)
-        else:
-            for t in range(row.shape[0]):
-                row[t] = delta_row[t] + bias
-        for t in range(row.shape[0]):
-            steps[t, c] = row[t]
-            drives[t, c] = row[t] * u[b, d, t]
+def _to_channel_major(time_major, count, channel_major):  # pragma: no cover - compiled
+    """``channel_major[c, t] = time_major[t, c]`` for the first ``count`` channels, 16 tokens at a
+    time: the 16 rows read stay in cache across channels."""
+    length = time_major.shape[0]
+    for start in range(0, length, 16):
+        end = min(start + 16, length)
+        for c in range(count):
+            for t in range(start, end):
+                channel_major[c, t] = time_major[t, c]
+
+
+@njit(inline="always")
+def _to_time_major(channel_major, count, time_major):  # pragma: no cover - compiled
+    """``time_major[t, c] = channel_major[c, t]``, 16 tokens at a time like :func:`_to_channel_major`."""
+    length = time_major.shape[0]
+    for start in range(0, length, 16):
+        end = min(start + 16, length)
+        for c in range(count):
+            for t in range(start, end):
+                time_major[t, c] = channel_major[c, t]
 
 
 @njit(inline="always")
@@ -209,13 +230,19 @@ def _block_of_A(A, first, count, A_block):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width, workers):  # pragma: no cover - compiled
+def _scan_forward(
+    u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width, workers,
+    keep, every, checkpoints, pre_gate,
+):  # pragma: no cover - compiled
     """y = (<C_t, h_t> + D u_t) * silu(z_t) (without the gate unless ``gated``), in tasks of ``width`` channels.
 
     (batch, dim, L) ``u``, ``delta``, ``z`` and ``y``, (dim, N) ``A``, (batch, groups, N, L)
     ``B`` and ``C``, (dim,) ``D`` and ``delta_bias``; ``delta`` becomes
     ``softplus(delta + delta_bias)`` when ``softplus``, else ``delta + delta_bias``. Each of the
     ``workers`` threads allocates its arrays once and runs every ``workers``-th task in them.
+    With ``keep`` it also writes what :func:`_scan_backward` reads: the state entering every
+    ``every``-th token into ``checkpoints`` (tasks, chunks, N, width) and, when ``gated``, the
+    output before the gate into ``pre_gate`` (batch, dim, L).
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
@@ -226,13 +253,16 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width
         A_block, state = np.empty((state_size, width), dtype=u.dtype), np.empty((state_size, width), dtype=u.dtype)
         steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
         outputs, row = np.empty((length, width), dtype=u.dtype), np.empty(length, dtype=u.dtype)
+        by_channel = np.empty((2, width, length), dtype=u.dtype)  # steps and drives, then outputs, channel-major
         for task in range(worker, tasks, workers):
             b, g, first, count = _block(task, groups, per_group, width)
             _block_of_A(A, first, count, A_block)
-            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives)
             state[:] = 0.0
             outputs[:] = 0.0
             for t in range(length):
+                if keep and t % every == 0:
+                    checkpoints[task, t // every] = state
                 step, drive, output = steps[t], drives[t], outputs[t]
                 for n in range(state_size):
                     B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
@@ -240,32 +270,66 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, gated, y, width
                         h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
                         state[n, c] = h
                         output[c] += h * C_tn
+            _to_channel_major(outputs, count, by_channel[0])
             for c in range(count):
                 d = first + c
-                skip, u_row, y_row = D[d], u[b, d], y[b, d]
+                skip, u_row, y_row, output = D[d], u[b, d], y[b, d], by_channel[0, c]
                 for t in range(length):
-                    row[t] = outputs[t, c]
+                    row[t] = output[t] + skip * u_row[t]
                 if gated:
+                    if keep:
+                        pre_gate[b, d] = row
                     z_row = z[b, d]
                     for t in range(length):
-                        y_row[t] = (row[t] + skip * u_row[t]) * (z_row[t] * _sigmoid(z_row[t]))
+                        y_row[t] = row[t] * (z_row[t] * _sigmoid(z_row[t]))
                 else:
                     for t in range(length):
-                        y_row[t] = row[t] + skip * u_row[t]
+                        y_row[t] = row[t]
+
+
+@njit(fastmath={"reassoc"})
+def _token_backward(
+    count, decays, h_before, h_after, grad_scan, step, drive, A_block, B_t, C_t,
+    carried, grad_A, grad_drive, grad_log_decay, grad_B_t, grad_C_t,
+):  # pragma: no cover - compiled
+    """One token of the reverse scan: ``dh_t = dy_t C_t + carried`` per state, and what it contributes.
+
+    ``carried`` holds ``exp(delta_{t+1} A) dh_{t+1}`` and becomes ``exp(delta_t A) dh_t``; the
+    sums over the block's channels (B's and C's gradients) may be reassociated (only here, so they
+    run in vector registers).
+    """
+    zero = _like(step[0], 0.0)
+    for n in range(B_t.shape[0]):
+        B_tn, C_tn = B_t[n], C_t[n]
+        sum_B, sum_C = zero, zero
+        for c in range(count):
+            decay = decays[n, c]
+            grad_h = grad_scan[c] * C_tn + carried[n, c]
+            through_decay = grad_h * decay * h_before[n, c]  # dh_t exp(delta_t A) h_{t-1}
+            sum_C += grad_scan[c] * h_after[n, c]
+            sum_B += grad_h * drive[c]
+            grad_A[n, c] += step[c] * through_decay
+            grad_drive[c] += grad_h * B_tn
+            grad_log_decay[c] += A_block[n, c] * through_decay
+            carried[n, c] = grad_h * decay
+        grad_B_t[n] = sum_B
+        grad_C_t[n] = sum_C
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _scan_backward(
     u, delta, A, B, C, D, z, delta_bias, softplus, gated, grad_y, width, workers,
+    every, checkpoints, pre_gate,
     grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch,
 ):  # pragma: no cover - compiled
     """Gradients of sum(grad_y * y) for :func:`_scan_forward`'s inputs, in its tasks and workers.
 
-    A task recomputes its block's states and decays (L, N, width each), then runs back in time.
-    ``grad_u``, ``grad_delta`` and ``grad_z`` are (batch, dim, L); B and C gradients sum over the
-    block's channels and are written per block, (batch, groups, blocks, N, L); A's per batch item,
-    (batch, dim, N); D's and delta_bias' per batch item, (batch, dim): the caller sums them, and no
-    two tasks write the same element.
+    A task walks back over its block's chunks of ``every`` tokens, last first: it recomputes the
+    chunk's decays and states from the forward's checkpoint into chunk-sized arrays (in cache),
+    then runs the chunk back in time. ``grad_u``, ``grad_delta`` and ``grad_z`` are
+    (batch, dim, L); B and C gradients sum over the block's channels and are written per block,
+    (batch, groups, blocks, L, N); A's per batch item, (batch, dim, N); D's and delta_bias' per
+    batch item, (batch, dim): the caller sums them, and no two tasks write the same element.
     """
     batch, dim, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
@@ -278,87 +342,77 @@ def _scan_backward(
         row = np.empty(length, dtype=u.dtype)
         steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
         grads_scan = np.empty((length, width), dtype=u.dtype)  # d loss / d <C_t, h_t>: grad_y through the gate
-        states = np.empty((length + 1, state_size, width), dtype=u.dtype)  # states[t + 1] = h_t
-        decays = np.empty((length, state_size, width), dtype=u.dtype)  # exp(delta_t A)
-        outputs = np.empty((length, width), dtype=u.dtype)  # <C_t, h_t>, for the gate's gradient
+        states = np.empty((every + 1, state_size, width), dtype=u.dtype)  # a chunk's states, h_{start-1} first
+        decays = np.empty((every, state_size, width), dtype=u.dtype)  # a chunk's exp(delta_t A)
+        B_rows, C_rows = np.empty((length, state_size), dtype=u.dtype), np.empty((length, state_size), dtype=u.dtype)
         carried = np.empty((state_size, width), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
         grad_A = np.empty((state_size, width), dtype=u.dtype)
         grads_drive = np.empty((length, width), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
         grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
-        lanes_B, lanes_C = np.empty(width, dtype=u.dtype), np.empty(width, dtype=u.dtype)
+        by_channel = np.empty((4, width, length), dtype=u.dtype)  # steps, drives, then the above, channel-major
         for task in range(worker, tasks, workers):
             b, g, first, count = _block(task, groups, per_group, width)
             block = task % blocks
             _block_of_A(A, first, count, A_block)
-            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            for n in range(state_size):  # token-major B and C: each token's are contiguous
+                for t in range(length):
+                    B_rows[t, n], C_rows[t, n] = B[b, g, n, t], C[b, g, n, t]
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives)
             for c in range(count):
-                d = first + c
-                grad_y_row = grad_y[b, d]
+                grad_y_row, grad_scan = grad_y[b, first + c], by_channel[2, c]
                 if gated:
-                    z_row = z[b, d]
+                    z_row = z[b, first + c]
                     for t in range(length):
-                        row[t] = grad_y_row[t] * (z_row[t] * _sigmoid(z_row[t]))
-                    for t in range(length):
-                        grads_scan[t, c] = row[t]
+                        grad_scan[t] = grad_y_row[t] * (z_row[t] * _sigmoid(z_row[t]))
                 else:
                     for t in range(length):
-                        grads_scan[t, c] = grad_y_row[t]
-            states[0] = 0.0
-            outputs[:] = 0.0
-            for t in range(length):
-                step, drive, output = steps[t], drives[t], outputs[t]
-                for n in range(state_size):
-                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                    for c in range(count):
-                        decay = _exp(step[c] * A_block[n, c])
-                        h = decay * states[t, n, c] + drive[c] * B_tn
-                        decays[t, n, c] = decay
-                        states[t + 1, n, c] = h
-                        output[c] += h * C_tn
+                        grad_scan[t] = grad_y_row[t]
+            _to_time_major(by_channel[2], count, grads_scan)
             carried[:] = 0.0
             grad_A[:] = 0.0
             grads_drive[:] = 0.0
             grads_log_decay[:] = 0.0
-            for t in range(length - 1, -1, -1):
-                step, drive, grad_scan = steps[t], drives[t], grads_scan[t]
-                grad_drive, grad_log_decay = grads_drive[t], grads_log_decay[t]
-                for n in range(state_size):
-                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                    for c in range(count):
-                        decay = decays[t, n, c]
-                        grad_h = grad_scan[c] * C_tn + carried[n, c]  # dh_t
-                        through_decay = grad_h * decay * states[t, n, c]  # dh_t * exp(delta_t A) * h_{t-1}
-                        lanes_C[c] = grad_scan[c] * states[t + 1, n, c]
-                        lanes_B[c] = grad_h * drive[c]
-                        grad_A[n, c] += step[c] * through_decay
-                        grad_drive[c] += grad_h * B_tn
-                        grad_log_decay[c] += A_block[n, c] * through_decay
-                        carried[n, c] = grad_h * decay
-                    grad_B_per_block[b, g, block, n, t] = _lane_sum(lanes_B, count)
-                    grad_C_per_block[b, g, block, n, t] = _lane_sum(lanes_C, count)
-            for c in range(count):
+            for start in range(((length - 1) // every) * every, -1, -every):
+                end = min(start + every, length)
+                states[0] = checkpoints[task, start // every]
+                for t in range(start, end):
+                    step, drive, h_before, h_after = steps[t], drives[t], states[t - start], states[t - start + 1]
+                    for n in range(state_size):
+                        B_tn, decay = B_rows[t, n], decays[t - start, n]
+                        for c in range(count):
+                            decay[c] = _exp(step[c] * A_block[n, c])
+                        for c in range(count):
+                            h_after[n, c] = decay[c] * h_before[n, c] + drive[c] * B_tn
+                for t in range(end - 1, start - 1, -1):
+                    _token_backward(
+                        count, decays[t - start], states[t - start], states[t - start + 1], grads_scan[t], steps[t],
+                        drives[t], A_block, B_rows[t], C_rows[t], carried, grad_A, grads_drive[t], grads_log_decay[t],
+                        grad_B_per_block[b, g, block, t], grad_C_per_block[b, g, block, t],
+                    )
+            _to_channel_major(grads_drive, count, by_channel[1])
+            _to_channel_major(grads_log_decay, count, by_channel[3])
+            for c in range(count):  # channel-major from here, like the inputs and gradients
                 d = first + c
                 skip, bias = D[d], delta_bias[d]
                 u_row, delta_row, grad_y_row = u[b, d], delta[b, d], grad_y[b, d]
                 grad_u_row, grad_delta_row = grad_u[b, d], grad_delta[b, d]
+                step, grad_drive, grad_scan, grad_log_decay = by_channel[0, c], by_channel[1, c], by_channel[2, c], by_channel[3, c]
                 for t in range(length):  # grad_u = dL/d(step u) * step + dL/dy_scan * D
-                    grad_u_row[t] = grads_drive[t, c] * steps[t, c] + grads_scan[t, c] * skip
-                    row[t] = grads_scan[t, c] * u_row[t]
+                    grad_u_row[t] = grad_drive[t] * step[t] + grad_scan[t] * skip
+                    row[t] = grad_scan[t] * u_row[t]
                 grad_D_per_batch[b, d] = row.sum()
                 for t in range(length):  # d loss / d step, before softplus
-                    grad_delta_row[t] = grads_drive[t, c] * u_row[t] + grads_log_decay[t, c]
+                    grad_delta_row[t] = grad_drive[t] * u_row[t] + grad_log_decay[t]
                 if softplus:
                     for t in range(length):
                         grad_delta_row[t] *= _softplus_slope(delta_row[t] + bias)
                 grad_bias_per_batch[b, d] = grad_delta_row.sum()
                 if gated:
-                    z_row, grad_z_row = z[b, d], grad_z[b, d]
-                    for t in range(length):
-                        row[t] = outputs[t, c]
+                    z_row, grad_z_row, pre_gate_row = z[b, d], grad_z[b, d], pre_gate[b, d]
                     for t in range(length):  # silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
                         s, one = _sigmoid(z_row[t]), _like(skip, 1.0)
                         slope = s * (one + z_row[t] * (one - s))
-                        grad_z_row[t] = grad_y_row[t] * (row[t] + skip * u_row[t]) * slope
+                        grad_z_row[t] = grad_y_row[t] * pre_gate_row[t] * slope
             for c in range(count):
                 for n in range(state_size):
                     grad_A_per_batch[b, first + c, n] = grad_A[n, c]
@@ -374,21 +428,42 @@ def _use_torch_threads() -> int:
 # Channels per task: wide enough for the inner loop to fill vector registers, narrow enough for
 # batch x groups x blocks tasks to keep every thread busy and a backward task's states small.
 CHANNELS_PER_TASK = 64
+# Tokens per chunk of the backward: the forward keeps the state entering each chunk (1/32 of all
+# states), the backward recomputes one chunk's decays and states at a time (a few hundred kB per worker).
+CHECKPOINT_EVERY = 32
 
 
 class FusedScan(torch.autograd.Function):
     """mamba-ssm's ``selective_scan_fn`` on contiguous CPU tensors of one float dtype: (batch, dim, L)
     ``u``, ``delta`` and ``z`` (or None), (dim, N) ``A``, (batch, groups, N, L) ``B`` and ``C``,
-    (dim,) ``D`` and ``delta_bias`` (or None)."""
+    (dim,) ``D`` and ``delta_bias`` (or None).
+
+    When a gradient is needed the forward keeps, besides its inputs, the state entering every
+    ``CHECKPOINT_EVERY``-th token and the output before the gate (1/CHECKPOINT_EVERY and 1/N of a
+    (batch, dim, N, L) tensor), so the backward recomputes one chunk at a time; without a gradient
+    (``torch.no_grad``, ``torch.inference_mode``) it keeps nothing.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool) -> Tensor:
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-        ctx.delta_softplus = delta_softplus
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, grad_enabled: bool) -> Tensor:
         workers = _use_torch_threads()
+        (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
+        tasks = batch * groups * -(-dim // groups // CHANNELS_PER_TASK)
+        dtype = u.numpy().dtype
+        keep = grad_enabled and any(ctx.needs_input_grad)  # needs_input_grad ignores torch.no_grad
+        nothing = np.empty((1, 1, 1, 1), dtype=dtype)
+        checkpoints_shape = (tasks, -(-length // CHECKPOINT_EVERY), state_size, CHANNELS_PER_TASK)
+        checkpoints = np.empty(checkpoints_shape, dtype=dtype) if keep else nothing
+        pre_gate = np.empty(u.shape, dtype=dtype) if keep and z is not None else nothing[0]
         y = torch.empty_like(u)
-        arrays = _kernel_arrays(u, delta, A, B, C, D, z, delta_bias)
-        _scan_forward(*arrays, delta_softplus, z is not None, y.numpy(), CHANNELS_PER_TASK, workers)
+        _scan_forward(
+            *_kernel_arrays(u, delta, A, B, C, D, z, delta_bias), delta_softplus, z is not None, y.numpy(),
+            CHANNELS_PER_TASK, workers, keep, CHECKPOINT_EVERY, checkpoints, pre_gate,
+        )
+        if keep:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+            ctx.delta_softplus, ctx.channels_per_task, ctx.every = delta_softplus, CHANNELS_PER_TASK, CHECKPOINT_EVERY
+            ctx.checkpoints, ctx.pre_gate = checkpoints, pre_gate
         return y
 
     @staticmethod
@@ -396,24 +471,27 @@ class FusedScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         workers = _use_torch_threads()
         (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
-        blocks = -(-dim // groups // CHANNELS_PER_TASK)
+        width = ctx.channels_per_task
+        blocks = -(-dim // groups // width)
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
         grad_z = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)
         grad_A_per_batch = u.new_empty(batch, dim, state_size)
-        grad_B_per_block = u.new_empty(batch, groups, blocks, state_size, length)
+        grad_B_per_block = u.new_empty(batch, groups, blocks, length, state_size)
         grad_C_per_block = torch.empty_like(grad_B_per_block)
         grad_D_per_batch, grad_bias_per_batch = u.new_empty(batch, dim), u.new_empty(batch, dim)
         grads = (grad_u, grad_delta, grad_z, grad_A_per_batch, grad_B_per_block, grad_C_per_block, grad_D_per_batch, grad_bias_per_batch)
         _scan_backward(
             *_kernel_arrays(u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, z is not None,
-            grad_y.contiguous().numpy(), CHANNELS_PER_TASK, workers, *(x.numpy() for x in grads),
+            grad_y.contiguous().numpy(), width, workers, ctx.every, ctx.checkpoints, ctx.pre_gate,
+            *(x.numpy() for x in grads),
         )
-        grad_B, grad_C = (x[:, :, 0] if blocks == 1 else x.sum(2) for x in (grad_B_per_block, grad_C_per_block))
+        grad_B, grad_C = ((x[:, :, 0] if blocks == 1 else x.sum(2)).transpose(2, 3) for x in (grad_B_per_block, grad_C_per_block))
         return (
             grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C,
             grad_D_per_batch.sum(0) if D is not None else None,
             grad_z if z is not None else None,
             grad_bias_per_batch.sum(0) if delta_bias is not None else None,
+            None,
             None,
         )
 
@@ -430,4 +508,4 @@ def fused_scan(
     D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool,
 ) -> Tensor:
     """See :class:`FusedScan`; ``dim`` must be a multiple of the groups (checked by the caller)."""
-    return FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, torch.is_grad_enabled())
