@@ -10,10 +10,11 @@ which at this size costs more than the recurrence.
 
 A task is a block of up to ``CHANNELS_PER_TASK`` channels of one (batch item, group of B/C);
 the blocks run in parallel (``prange``). Inputs are read in their own (batch, dim, L) layout:
-a task computes its block's element-wise parts per channel (contiguous, so they vectorize) and
-transposes them, 16 tokens at a time so the rows stay in cache, into small time-major
-(L, channels) arrays, so the recurrence's innermost loop runs over channels, which share B_t
-and C_t: contiguous, independent, so LLVM vectorizes it. Its outputs go back the same way.
+a task first gathers its block's step sizes and drives into small time-major (L, channels)
+arrays, so the recurrence's innermost loop runs over channels, which share B_t and C_t:
+contiguous, independent, so LLVM vectorizes it. Its outputs are written back per channel; the
+backward's per-token gradients go back through blocked transposes (16 tokens at a time, so the
+rows read stay in cache), then per channel (contiguous, so they vectorize).
 
 The backward is the reverse-time scan of mamba-ssm's CUDA kernel (Gu & Dao, "Mamba", 2023),
 accumulating ``dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}``. When a gradient is needed the
@@ -179,23 +180,20 @@ def _block(task, groups, per_group, width):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
-def _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives):  # pragma: no cover - compiled
-    """Step sizes ``softplus(delta + delta_bias)`` and drives ``step * u`` of a block's channels:
-    channel-major in ``by_channel[0]`` and ``by_channel[1]`` (contiguous, so the transcendental
-    part vectorizes), then time-major in ``steps`` and ``drives``."""
+def _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives):  # pragma: no cover - compiled
+    """Time-major step sizes ``softplus(delta + delta_bias)`` and drives ``step * u`` of a block's channels."""
     for c in range(count):
         d = first + c
-        bias, delta_row, u_row, step, drive = delta_bias[d], delta[b, d], u[b, d], by_channel[0, c], by_channel[1, c]
+        bias, delta_row = delta_bias[d], delta[b, d]
         if softplus:
-            for t in range(step.shape[0]):
-                step[t] = _softplus(delta_row[t] + bias)
+            for t in range(row.shape[0]):  # contiguous, so the transcendental part vectorizes
+                row[t] = _softplus(delta_row[t] + bias)
         else:
-            for t in range(step.shape[0]):
-                step[t] = delta_row[t] + bias
-        for t in range(step.shape[0]):
-            drive[t] = step[t] * u_row[t]
-    _to_time_major(by_channel[0], count, steps)
-    _to_time_major(by_channel[1], count, drives)
+            for t in range(row.shape[0]):
+                row[t] = delta_row[t] + bias
+        for t in range(row.shape[0]):
+            steps[t, c] = row[t]
+            drives[t, c] = row[t] * u[b, d, t]
 
 
 @njit(inline="always")
@@ -253,29 +251,28 @@ def _scan_forward(
         A_block, state = np.empty((state_size, width), dtype=u.dtype), np.empty((state_size, width), dtype=u.dtype)
         steps, drives = np.empty((length, width), dtype=u.dtype), np.empty((length, width), dtype=u.dtype)
         outputs, row = np.empty((length, width), dtype=u.dtype), np.empty(length, dtype=u.dtype)
-        by_channel = np.empty((2, width, length), dtype=u.dtype)  # steps and drives, then outputs, channel-major
         for task in range(worker, tasks, workers):
             b, g, first, count = _block(task, groups, per_group, width)
             _block_of_A(A, first, count, A_block)
-            _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
             state[:] = 0.0
             outputs[:] = 0.0
-            for t in range(length):
-                if keep and t % every == 0:
-                    checkpoints[task, t // every] = state
-                step, drive, output = steps[t], drives[t], outputs[t]
-                for n in range(state_size):
-                    B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
-                    for c in range(count):
-                        h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
-                        state[n, c] = h
-                        output[c] += h * C_tn
-            _to_channel_major(outputs, count, by_channel[0])
+            for start in range(0, length, every):
+                if keep:
+                    checkpoints[task, start // every] = state
+                for t in range(start, min(start + every, length)):
+                    step, drive, output = steps[t], drives[t], outputs[t]
+                    for n in range(state_size):
+                        B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
+                        for c in range(count):
+                            h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
+                            state[n, c] = h
+                            output[c] += h * C_tn
             for c in range(count):
                 d = first + c
-                skip, u_row, y_row, output = D[d], u[b, d], y[b, d], by_channel[0, c]
+                skip, u_row, y_row = D[d], u[b, d], y[b, d]
                 for t in range(length):
-                    row[t] = output[t] + skip * u_row[t]
+                    row[t] = outputs[t, c] + skip * u_row[t]
                 if gated:
                     if keep:
                         pre_gate[b, d] = row
@@ -349,7 +346,7 @@ def _scan_backward(
         grad_A = np.empty((state_size, width), dtype=u.dtype)
         grads_drive = np.empty((length, width), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
         grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
-        by_channel = np.empty((4, width, length), dtype=u.dtype)  # steps, drives, then the above, channel-major
+        by_channel = np.empty((4, width, length), dtype=u.dtype)  # steps and the three above, channel-major
         for task in range(worker, tasks, workers):
             b, g, first, count = _block(task, groups, per_group, width)
             block = task % blocks
@@ -357,7 +354,8 @@ def _scan_backward(
             for n in range(state_size):  # token-major B and C: each token's are contiguous
                 for t in range(length):
                     B_rows[t, n], C_rows[t, n] = B[b, g, n, t], C[b, g, n, t]
-            _gather_steps(delta, u, delta_bias, softplus, b, first, count, by_channel, steps, drives)
+            _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
+            _to_channel_major(steps, count, by_channel[0])
             for c in range(count):
                 grad_y_row, grad_scan = grad_y[b, first + c], by_channel[2, c]
                 if gated:
