@@ -69,22 +69,6 @@ def nearest_neighbours(
     return torch.cat(distances), torch.cat(indices)
 
 
-def sparse_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Row and column indices of the True entries of a mostly False (N, M) bool matrix.
-
-    Read 8 entries at a time as one 64-bit word when M allows: ``nonzero``
-    then scans an eighth of the entries, and only the few nonzero words are
-    opened.
-    """
-    if mask.shape[1] % 8 or not mask.is_contiguous():
-        return mask.nonzero(as_tuple=True)
-    word_rows, word_columns = mask.view(torch.int64).nonzero(as_tuple=True)
-    rows = word_rows.repeat_interleave(8)
-    columns = (word_columns[:, None] * 8 + torch.arange(8, device=mask.device)).flatten()
-    kept = mask[rows, columns]
-    return rows[kept], columns[kept]
-
-
 @functools.cache
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` is a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX, read from Linux's /proc/cpuinfo).
