@@ -14,6 +14,7 @@ from torch import nn
 
 from incad.errors import ConfigError
 from incad.models.backbones.efficientnet import (
+    CPU_IMAGES_PER_PASS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiScaleFeatures,
@@ -259,3 +260,18 @@ def test_loaded_weights_are_folded_again(lite0: MultiScaleFeatures) -> None:
     backbone.load_state_dict(lite0.state_dict())
     for tap, reference in zip(backbone(images), lite0(images)):
         torch.testing.assert_close(tap, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_batches_go_through_in_groups_with_each_image_features_unchanged(lite0: MultiScaleFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than one CPU pass is split into groups: every image gets the taps it gets on its own."""
+    images = synthetic_images(batch=CPU_IMAGES_PER_PASS + 3, size=64)
+    calls = []
+    trunk = lite0.trunk
+    monkeypatch.setattr(lite0, "trunk", lambda group: calls.append(len(group)) or trunk(group))
+    with torch.no_grad():
+        grouped = lite0(images)
+        alone = [lite0(image[None]) for image in images]
+    assert calls[:2] == [CPU_IMAGES_PER_PASS, 3]
+    for index, taps in enumerate(grouped):
+        assert taps.shape[0] == len(images)
+        torch.testing.assert_close(taps, torch.cat([image_taps[index] for image_taps in alone]), rtol=1e-4, atol=1e-4)

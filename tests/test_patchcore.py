@@ -17,7 +17,8 @@ from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreLearner, PatchCoreOptions
 from incad.models.layers.growing import growing_buffer_names
 from incad.ops.coreset import coverage_radius, greedy_coreset
-from incad.ops.nearest import nearest_neighbours
+from incad.ops import nearest
+from incad.ops.nearest import nearest_neighbours, shortlisted_nearest_neighbours, sparse_positions
 from incad.runner import run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,48 @@ def test_chunked_nearest_neighbours_equal_one_shot_cdist_min_and_leave_out_group
     torch.testing.assert_close(distances, masked.values, rtol=1e-5, atol=1e-5)
     assert torch.equal(bank_groups[indices] != query_groups, torch.ones(500, dtype=torch.bool))
 
+
+
+@pytest.mark.parametrize("bank_rows", [296, 301])  # a multiple of 8 (shortlists read 8 mask entries per word) and not
+def test_shortlisted_search_finds_the_exact_nearest_row(bank_rows, monkeypatch):
+    """bfloat16 shortlist + float32 decision: the float64 nearest row, for queries near bank rows and far from all."""
+    monkeypatch.setattr(nearest, "nearest_neighbours", None)  # the float32 fallback must not be needed here
+    generator = torch.Generator().manual_seed(5)
+    bank = 2.0 * torch.rand(bank_rows, 152, generator=generator)  # non-negative like pooled ReLU6 features
+    near = bank[torch.randint(bank_rows, (400,), generator=generator)] + 0.05 * torch.randn(400, 152, generator=generator)
+    queries = torch.cat([near, 3.0 * torch.rand(400, 152, generator=generator)])
+    expected = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    distances, indices = shortlisted_nearest_neighbours(queries, bank, budget=100 * bank_rows)
+    assert torch.equal(indices, expected.indices)
+    torch.testing.assert_close(distances.double(), expected.values, rtol=1e-5, atol=1e-5)
+
+
+def test_shortlisted_search_falls_back_when_every_row_ties():
+    """A bank of one repeated row shortlists everything: the block goes to the float32 product, same answer."""
+    bank = torch.ones(100, 8)
+    queries = torch.zeros(10, 8)
+    distances, indices = shortlisted_nearest_neighbours(queries, bank)
+    torch.testing.assert_close(distances, torch.full((10,), 8.0**0.5))
+    assert torch.equal(indices, torch.zeros(10, dtype=torch.long))
+
+
+def test_sparse_positions_equal_nonzero():
+    mask = torch.rand(7, 24, generator=torch.Generator().manual_seed(1)) > 0.9
+    assert all(torch.equal(a, b) for a, b in zip(sparse_positions(mask), mask.nonzero(as_tuple=True)))
+
+
+def test_nearest_neighbours_shortlists_only_on_a_cpu_with_native_bfloat16(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nearest, "shortlisted_nearest_neighbours", lambda *args: calls.append(args) or (torch.zeros(1), torch.zeros(1, dtype=torch.long)))
+    queries, bank = torch.randn(1, 4), torch.randn(5, 4)
+    monkeypatch.setattr(nearest, "fast_bfloat16", lambda device: False)
+    nearest_neighbours(queries, bank, shortlist=True)
+    monkeypatch.setattr(nearest, "fast_bfloat16", lambda device: True)
+    nearest_neighbours(queries, bank)
+    nearest_neighbours(queries, bank, torch.zeros(1), torch.zeros(5), shortlist=True)  # leave-one-out groups: float32 only
+    assert calls == []
+    nearest_neighbours(queries, bank, shortlist=True)
+    assert len(calls) == 1
 
 def batch_of(root, classes, split="train", n=6):
     dataset = AnomalyDetectionDataset(root, list(classes), split, image_size=64, object_ids={c: i for i, c in enumerate(classes)})

@@ -25,7 +25,9 @@ pixels): the background carries no geometry. There is nothing to train:
 
 Map: per modality, the distance of each patch to its nearest bank entry over
 the whole bank (no class or task id: task-agnostic), in chunks of bounded
-memory (:func:`incad.ops.nearest.nearest_neighbours`); 3-D maps are 0 on
+memory (:func:`incad.ops.nearest.nearest_neighbours`; on CPUs with native
+bfloat16, a bfloat16 product shortlists the candidates and float32 decides,
+with the same result); 3-D maps are 0 on
 invalid tokens (no geometry, no evidence of a defect; 0 is a normal patch's
 floor, so the fused maximum is the RGB one there).
 
@@ -269,7 +271,7 @@ class PatchCoreLearner(ScaledModalityMaps):
             searched = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if scored is None else scored.to(tokens.device)
             distances = tokens.new_zeros(tokens.shape[:2])
             nearest = torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-            distances[searched], nearest[searched] = nearest_neighbours(tokens[searched], bank)
+            distances[searched], nearest[searched] = nearest_neighbours(tokens[searched], bank, shortlist=True)
             if self.options.reweighting:
                 distances = distances * self.reweighting(tokens, distances, nearest, bank)[:, None]
             maps[modality] = distances.reshape(len(batch), *self.grid)

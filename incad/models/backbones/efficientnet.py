@@ -44,6 +44,8 @@ from incad.models.backbones.registry import register_backbone
 
 ALIGNED_STRIDE = 16
 DEFAULT_TAP_STRIDES = (4, 8, 16)
+# On CPU, images go through the trunk this many at a time (see MultiScaleFeatures.forward).
+CPU_IMAGES_PER_PASS = 4
 
 # Weights of efficientnet_pytorch (lukemelas) expect torchvision's ImageNet scaling.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,9 +103,23 @@ class MultiScaleFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """One feature map per tap, (B, tap_channels[i], ~H/s_i, ~W/s_i)."""
+        """One feature map per tap, (B, tap_channels[i], ~H/s_i, ~W/s_i).
+
+        On CPU the batch goes through in groups of ``CPU_IMAGES_PER_PASS``
+        images: a group's activations (a few MiB per image at stride 2) stay in
+        the processor's cache from one layer to the next, where a whole batch's
+        go to memory and back at every layer. Each image's features are the
+        same either way (every layer treats the images of a batch apart).
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name} expects (B, 3, H, W) RGB images, got {tuple(images.shape)}")
+        if images.device.type != "cpu" or len(images) <= CPU_IMAGES_PER_PASS:
+            return self.trunk(images)
+        groups = [self.trunk(group) for group in images.split(CPU_IMAGES_PER_PASS)]
+        return [torch.cat(taps) for taps in zip(*groups)]
+
+    def trunk(self, images: Tensor) -> list[Tensor]:
+        """The tap outputs of one pass of ``images`` through the stem and blocks."""
         normalised = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         features = self.stem(normalised)
         taps = set(self.taps)
