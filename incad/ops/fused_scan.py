@@ -197,26 +197,18 @@ def _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, d
 
 
 @njit(inline="always")
-def _to_channel_major(time_major, count, channel_major):  # pragma: no cover - compiled
-    """``channel_major[c, t] = time_major[t, c]`` for the first ``count`` channels, 16 tokens at a
-    time: the 16 rows read stay in cache across channels."""
+def _transpose_tokens(time_major, channel_major, count, into_channel_major):  # pragma: no cover - compiled
+    """Copy the first ``count`` channels between time-major (L, channels) and channel-major
+    (channels, L) arrays, either way, 16 tokens at a time: the 16 rows read stay in cache across channels."""
     length = time_major.shape[0]
     for start in range(0, length, 16):
         end = min(start + 16, length)
         for c in range(count):
             for t in range(start, end):
-                channel_major[c, t] = time_major[t, c]
-
-
-@njit(inline="always")
-def _to_time_major(channel_major, count, time_major):  # pragma: no cover - compiled
-    """``time_major[t, c] = channel_major[c, t]``, 16 tokens at a time like :func:`_to_channel_major`."""
-    length = time_major.shape[0]
-    for start in range(0, length, 16):
-        end = min(start + 16, length)
-        for c in range(count):
-            for t in range(start, end):
-                time_major[t, c] = channel_major[c, t]
+                if into_channel_major:
+                    channel_major[c, t] = time_major[t, c]
+                else:
+                    time_major[t, c] = channel_major[c, t]
 
 
 @njit(inline="always")
@@ -355,7 +347,7 @@ def _scan_backward(
                 for t in range(length):
                     B_rows[t, n], C_rows[t, n] = B[b, g, n, t], C[b, g, n, t]
             _gather_steps(delta, u, delta_bias, softplus, b, first, count, row, steps, drives)
-            _to_channel_major(steps, count, by_channel[0])
+            _transpose_tokens(steps, by_channel[0], count, True)
             for c in range(count):
                 grad_y_row, grad_scan = grad_y[b, first + c], by_channel[2, c]
                 if gated:
@@ -365,7 +357,7 @@ def _scan_backward(
                 else:
                     for t in range(length):
                         grad_scan[t] = grad_y_row[t]
-            _to_time_major(by_channel[2], count, grads_scan)
+            _transpose_tokens(grads_scan, by_channel[2], count, False)
             carried[:] = 0.0
             grad_A[:] = 0.0
             grads_drive[:] = 0.0
@@ -387,8 +379,8 @@ def _scan_backward(
                         drives[t], A_block, B_rows[t], C_rows[t], carried, grad_A, grads_drive[t], grads_log_decay[t],
                         grad_B_per_block[b, g, block, t], grad_C_per_block[b, g, block, t],
                     )
-            _to_channel_major(grads_drive, count, by_channel[1])
-            _to_channel_major(grads_log_decay, count, by_channel[3])
+            _transpose_tokens(grads_drive, by_channel[1], count, True)
+            _transpose_tokens(grads_log_decay, by_channel[3], count, True)
             for c in range(count):  # channel-major from here, like the inputs and gradients
                 d = first + c
                 skip, bias = D[d], delta_bias[d]
