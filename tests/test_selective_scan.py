@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,6 +126,33 @@ def test_fused_channel_blocks_and_threads(monkeypatch: pytest.MonkeyPatch) -> No
     torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+
+
+FIRST_KERNEL_IN_FRESH_PROCESS = """
+import json, torch
+torch.set_num_threads(1)
+from incad.ops import selective_scan
+import numba
+inputs = {name: torch.randn(*shape, dtype=torch.float64) for name, shape in
+          {"u": (2, 4, 5), "delta": (2, 4, 5), "A": (4, 3), "B": (2, 3, 5), "C": (2, 3, 5)}.items()}
+selective_scan(**inputs, cpu_scan="fused")
+try:
+    import numba.np.ufunc.omppool
+    omp_loads = True
+except ImportError:
+    omp_loads = False
+print(json.dumps({"torch_threads": torch.get_num_threads(), "layer": numba.threading_layer(), "omp_loads": omp_loads}))
+"""
+
+
+def test_fused_kernel_starts_numba_on_torchs_openmp_keeping_its_thread_count() -> None:
+    """The first kernel call starts numba's OpenMP layer (it shares torch's threads) and leaves torch's count as set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_THREADING_LAYER")}
+    completed = subprocess.run([sys.executable, "-c", FIRST_KERNEL_IN_FRESH_PROCESS], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["torch_threads"] == 1
+    assert report["layer"] == ("omp" if report["omp_loads"] else "workqueue")
+
 
 
 @pytest.mark.parametrize("length", [37, 8, 3])
