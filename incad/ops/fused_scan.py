@@ -27,9 +27,13 @@ gradient (B and C per block, A, D and delta_bias per batch item, summed by the w
 there are no write races.
 
 The transcendentals (the decay ``exp(delta_t A_n)``, softplus, silu) would be glibc's scalar
-calls, which do not vectorize; float32 therefore uses Cephes' ``expf`` and ``logf`` (range
-reduction and a polynomial, relative error near the float32 resolution) written in plain
-arithmetic, float64 keeps numpy's. Softplus and silu follow PyTorch's formulas (softplus'
+calls, which do not vectorize; float32 therefore uses Cephes' ``expf``, ``exp2f`` and ``logf``
+(range reduction and a polynomial, relative error near the float32 resolution) written in plain
+arithmetic, float64 keeps numpy's. The decay is ``2^(delta_t A_n log2(e))`` with ``A log2(e)``
+computed once per block: three fewer operations per state update than ``expf`` (forward+backward
+at the decoder's shape about 10 % faster), for one more rounding of the exponent (relative error
+up to 4e-6 at ``delta A = -87``, the size the rounding of ``delta A`` itself already has there).
+Softplus and silu follow PyTorch's formulas (softplus'
 threshold 20 included). fastmath stays off, except for the sums over a block's channels in the
 backward (``_token_backward``), which may be reassociated. Kernels are compiled on first use and cached
 on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set by ``scripts/env.sh``, puts the cache under
@@ -59,6 +63,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 
 # PyTorch's softplus returns x itself above this (F.softplus' default threshold, beta 1).
 SOFTPLUS_THRESHOLD = 20.0
+LOG2_E, LN_2 = 1.4426950408889634, 0.6931471805599453
 
 
 @intrinsic
@@ -104,6 +109,31 @@ def _exp_for_type(x):
         return (p * (r * r) + r + np.float32(1.0)) * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
 
     return expf
+
+
+def _exp2(x):
+    """``2^x`` in x's precision (numba's implementation is chosen by :func:`_exp2_for_type`)."""
+    return np.exp2(x)
+
+
+@overload(_exp2, inline="always")
+def _exp2_for_type(x):
+    if x != types.float32:
+        return lambda x: np.exp2(x)
+
+    def exp2f(x):  # Cephes exp2f: 2^k 2^f with |f| <= 1/2 exact; the clamp keeps 2^k a normal float32
+        x = min(max(x, np.float32(-126.0)), np.float32(127.0))
+        k = np.floor(x + np.float32(0.5))
+        f = x - k
+        p = np.float32(1.535336188319500e-4)
+        p = p * f + np.float32(1.339887440266574e-3)
+        p = p * f + np.float32(9.618437357674640e-3)
+        p = p * f + np.float32(5.550332471162809e-2)
+        p = p * f + np.float32(2.402264791363012e-1)
+        p = p * f + np.float32(6.931472028550421e-1)
+        return (p * f + np.float32(1.0)) * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+    return exp2f
 
 
 def _log1p(x):
@@ -217,10 +247,12 @@ def _transpose_tokens(time_major, channel_major, count, into_channel_major):  # 
 
 @njit(inline="always")
 def _block_of_A(A, first, count, A_block):  # pragma: no cover - compiled
-    """A block's (N, channels) decay rates, so the recurrence reads them along channels."""
+    """A block's (N, channels) decay rates in base 2, ``A log2(e)``, so the recurrence reads them along
+    channels and a decay is ``2^(delta A log2(e))``: base 2 saves exp's scaling and half its range reduction."""
+    log2_e = _like(A_block[0, 0], LOG2_E)
     for n in range(A.shape[1]):
         for c in range(count):
-            A_block[n, c] = A[first + c, n]
+            A_block[n, c] = A[first + c, n] * log2_e
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -261,7 +293,7 @@ def _scan_forward(
                     for n in range(state_size):
                         B_tn, C_tn = B[b, g, n, t], C[b, g, n, t]
                         for c in range(count):
-                            h = _exp(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
+                            h = _exp2(step[c] * A_block[n, c]) * state[n, c] + drive[c] * B_tn
                             state[n, c] = h
                             output[c] += h * C_tn
             for c in range(count):
@@ -287,7 +319,8 @@ def _token_backward(
 ):  # pragma: no cover - compiled
     """One token of the reverse scan: ``dh_t = dy_t C_t + carried`` per state, and what it contributes.
 
-    ``carried`` holds ``exp(delta_{t+1} A) dh_{t+1}`` and becomes ``exp(delta_t A) dh_t``; the
+    ``carried`` holds ``exp(delta_{t+1} A) dh_{t+1}`` and becomes ``exp(delta_t A) dh_t``;
+    ``grad_log_decay`` gathers ``sum_n A log2(e) dh_t exp(delta_t A) h_{t-1}`` (``A_block`` is in base 2); the
     sums over the block's channels (B's and C's gradients) may be reassociated (only here, so they
     run in vector registers).
     """
@@ -296,15 +329,14 @@ def _token_backward(
         B_tn, C_tn = B_t[n], C_t[n]
         sum_B, sum_C = zero, zero
         for c in range(count):
-            decay = decays[n, c]
             grad_h = grad_scan[c] * C_tn + carried[n, c]
-            through_decay = grad_h * decay * h_before[n, c]  # dh_t exp(delta_t A) h_{t-1}
+            carried[n, c] = grad_h * decays[n, c]
+            through_decay = carried[n, c] * h_before[n, c]  # dh_t exp(delta_t A) h_{t-1}
             sum_C += grad_scan[c] * h_after[n, c]
             sum_B += grad_h * drive[c]
             grad_A[n, c] += step[c] * through_decay
             grad_drive[c] += grad_h * B_tn
             grad_log_decay[c] += A_block[n, c] * through_decay
-            carried[n, c] = grad_h * decay
         grad_B_t[n] = sum_B
         grad_C_t[n] = sum_C
 
@@ -330,6 +362,7 @@ def _scan_backward(
     blocks = (per_group + width - 1) // width
     tasks = batch * groups * blocks
     workers = min(workers, tasks)
+    ln_2 = _like(u[0, 0, 0], LN_2)
     for worker in prange(workers):
         A_block = np.empty((state_size, width), dtype=u.dtype)
         row = np.empty(length, dtype=u.dtype)
@@ -341,7 +374,7 @@ def _scan_backward(
         carried = np.empty((state_size, width), dtype=u.dtype)  # exp(delta_{t+1} A) * dh_{t+1}
         grad_A = np.empty((state_size, width), dtype=u.dtype)
         grads_drive = np.empty((length, width), dtype=u.dtype)  # sum_n dh_t B_t: d loss / d (step u)
-        grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A dh_t exp(delta_t A) h_{t-1}
+        grads_log_decay = np.empty((length, width), dtype=u.dtype)  # sum_n A log2(e) dh_t exp(delta_t A) h_{t-1}
         by_channel = np.empty((4, width, length), dtype=u.dtype)  # steps and the three above, channel-major
         for task in range(worker, tasks, workers):
             b, g, first, count = _block(task, groups, per_group, width)
@@ -374,7 +407,7 @@ def _scan_backward(
                     for n in range(state_size):
                         B_tn, decay = B_rows[t, n], decays[t - start, n]
                         for c in range(count):
-                            decay[c] = _exp(step[c] * A_block[n, c])
+                            decay[c] = _exp2(step[c] * A_block[n, c])
                         for c in range(count):
                             h_after[n, c] = decay[c] * h_before[n, c] + drive[c] * B_tn
                 for t in range(end - 1, start - 1, -1):
@@ -396,7 +429,7 @@ def _scan_backward(
                     row[t] = grad_scan[t] * u_row[t]
                 grad_D_per_batch[b, d] = row.sum()
                 for t in range(length):  # d loss / d step, before softplus
-                    grad_delta_row[t] = grad_drive[t] * u_row[t] + grad_log_decay[t]
+                    grad_delta_row[t] = grad_drive[t] * u_row[t] + grad_log_decay[t] * ln_2
                 if softplus:
                     for t in range(length):
                         grad_delta_row[t] *= _softplus_slope(delta_row[t] + bias)
