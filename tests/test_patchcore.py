@@ -16,8 +16,8 @@ from incad.data.dataset import AnomalyDetectionDataset
 from incad.data.sample import collate
 from incad.learners.patchcore import PatchCoreLearner, PatchCoreOptions
 from incad.models.layers.growing import growing_buffer_names
-from incad.ops.coreset import coverage_radius, greedy_coreset
 from incad.ops import nearest
+from incad.ops.coreset import coverage_radius, greedy_coreset
 from incad.ops.nearest import nearest_neighbours, shortlisted_nearest_neighbours, sparse_positions
 from incad.runner import run_experiment
 
@@ -165,6 +165,19 @@ def test_map_scales_come_from_leave_one_image_out_image_scores(tiny_dataset):
         scale = learner.map_scale[index]
         assert scale > in_sample[modality]
         assert abs(scale - unseen[modality]) < abs(in_sample[modality] - unseen[modality])
+
+
+def test_map_scale_is_the_mean_of_every_experiences_scale(tiny_dataset, monkeypatch):
+    """Old classes' entries never change, so the shared scale averages all experiences instead of following the latest."""
+    learner = fitted_learner(tiny_dataset)
+    first = learner.map_scale.clone()
+    latest = []
+    leave_one_out = learner.leave_one_image_out_scale
+    monkeypatch.setattr(learner, "leave_one_image_out_scale", lambda *args: latest.append(leave_one_out(*args)) or latest[-1])
+    learner.fit([batch_of(tiny_dataset, ["ring"])])
+    second = torch.stack(latest)
+    assert not torch.allclose(second, first)
+    torch.testing.assert_close(learner.map_scale, (first + second) / 2)
 
 
 def test_scoring_uses_no_class_id(tiny_dataset):

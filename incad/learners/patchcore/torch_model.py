@@ -41,8 +41,12 @@ experience, the maximum over their scored patches of the distance to the bank
 without the entries the image itself contributed in this experience, averaged
 over the images: the closest stand-in for an unseen normal image that costs one
 search, not a coreset per image. It is set in ``fit`` (where the entries'
-source images are known) from the latest experience, as the other learners'
-scales are.
+source images are known), as the mean of every experience's scale so far: one
+scale divides every class's map, and old classes' bank entries never change, so
+refitting it to the latest experience alone only moved old classes' fused
+scores (``experiments/learners/patchcore.yaml``, 3-1 with 2 steps: final mean
+I-AUROC 0.879 and FM 0.091 with the latest experience's scale, 0.941 and 0.009
+with the mean).
 
 Reweighting (``reweighting: true``, PatchCore's image score): for the patch
 with the largest distance s* in a modality's map, with nearest entry m*, the
@@ -206,7 +210,7 @@ class PatchCoreLearner(ScaledModalityMaps):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> None:
-        """Append this experience's coreset to every modality's bank and set the leave-one-image-out scales."""
+        """Append this experience's coreset to every modality's bank and fold its leave-one-image-out scales into the mean."""
         tokens: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         images: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         scored: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
@@ -230,7 +234,8 @@ class PatchCoreLearner(ScaledModalityMaps):
             chosen = greedy_coreset(features, size, self.options.projection_dim, seed + index)
             old = self.bank(modality)
             calibration = torch.cat(scored[modality]) & torch.isin(owner, calibration_images.to(owner.device))
-            self.map_scale[index] = self.leave_one_image_out_scale(features, owner, calibration, old, chosen)
+            latest = self.leave_one_image_out_scale(features, owner, calibration, old, chosen)
+            self.map_scale[index] = (self.map_scale[index] * self.fits + latest) / (self.fits + 1)
             setattr(self, f"bank_{modality}", torch.cat([old, features[chosen].to(old.dtype)]))
         self.fits += 1
 
