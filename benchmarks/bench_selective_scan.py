@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numba
 import torch
 from common import add_threads_option, start_benchmark
 
@@ -96,6 +97,7 @@ def main() -> None:
                     f"| {loop / fused:.1f}x | {chunked / fused:.1f}x |",
                     flush=True,
                 )
+    print(f"\nnumba threading layer of the fused scan: {numba.threading_layer()}")
 
 
 if __name__ == "__main__":
