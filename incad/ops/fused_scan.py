@@ -27,12 +27,13 @@ gradient (B and C per block, A, D and delta_bias per batch item, summed by the w
 there are no write races.
 
 The transcendentals (the decay ``exp(delta_t A_n)``, softplus, silu) would be glibc's scalar
-calls, which do not vectorize; float32 therefore uses Cephes' ``expf``, ``exp2f`` and ``logf``
-(range reduction and a polynomial, relative error near the float32 resolution) written in plain
-arithmetic, float64 keeps numpy's. The decay is ``2^(delta_t A_n log2(e))`` with ``A log2(e)``
-computed once per block: three fewer operations per state update than ``expf`` (forward+backward
-at the decoder's shape about 10 % faster), for one more rounding of the exponent (relative error
-up to 4e-6 at ``delta A = -87``, the size the rounding of ``delta A`` itself already has there).
+calls, which do not vectorize; float32 therefore uses Cephes' ``exp2f`` and ``logf`` (range
+reduction and a polynomial, relative error near the float32 resolution) written in plain
+arithmetic, float64 keeps numpy's. Every exponential is one in base 2: the decay is
+``2^(delta_t A_n log2(e))`` with ``A log2(e)`` computed once per block, three fewer operations per
+state update than Cephes' ``expf`` (forward+backward at the decoder's shape about 10 % faster), for
+one more rounding of the exponent (relative error up to 4e-6 at ``delta A = -87``, the size the
+rounding of ``delta A`` itself already has there).
 Softplus and silu follow PyTorch's formulas (softplus'
 threshold 20 included). fastmath stays off, except for the sums over a block's channels in the
 backward (``_token_backward``), which may be reassociated. Kernels are compiled on first use and cached
@@ -86,31 +87,6 @@ def _bits_of_float32(typingctx, value):  # pragma: no cover - compiled
     return types.int32(types.float32), codegen
 
 
-def _exp(x):
-    """``exp(x)`` in x's precision (numba's implementation is chosen by :func:`_exp_for_type`)."""
-    return np.exp(x)
-
-
-@overload(_exp, inline="always")
-def _exp_for_type(x):
-    if x != types.float32:
-        return lambda x: np.exp(x)
-
-    def expf(x):  # Cephes expf; the clamp keeps 2^k a normal float32 (e^-87 is below any decay that matters)
-        x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-        k = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
-        r = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-        p = np.float32(1.9875691500e-4)
-        p = p * r + np.float32(1.3981999507e-3)
-        p = p * r + np.float32(8.3334519073e-3)
-        p = p * r + np.float32(4.1665795894e-2)
-        p = p * r + np.float32(1.6666665459e-1)
-        p = p * r + np.float32(5.0000001201e-1)
-        return (p * (r * r) + r + np.float32(1.0)) * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
-
-    return expf
-
-
 def _exp2(x):
     """``2^x`` in x's precision (numba's implementation is chosen by :func:`_exp2_for_type`)."""
     return np.exp2(x)
@@ -134,6 +110,12 @@ def _exp2_for_type(x):
         return (p * f + np.float32(1.0)) * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
 
     return exp2f
+
+
+@njit(inline="always")
+def _exp(x):  # pragma: no cover - compiled
+    """``exp(x) = 2^(x log2(e))`` in x's precision: one polynomial (Cephes' ``exp2f``) for every exponential."""
+    return _exp2(x * _like(x, LOG2_E))
 
 
 def _log1p(x):
