@@ -33,12 +33,11 @@ arithmetic, float64 keeps numpy's. Every exponential is one in base 2: the decay
 ``2^(delta_t A_n log2(e))`` with ``A log2(e)`` computed once per block, three fewer operations per
 state update than Cephes' ``expf`` (forward+backward at the decoder's shape about 10 % faster), for
 one more rounding of the exponent (relative error up to 4e-6 at ``delta A = -87``, the size the
-rounding of ``delta A`` itself already has there).
-Softplus and silu follow PyTorch's formulas (softplus'
-threshold 20 included). Of fastmath's flags only two are on: ``contract`` everywhere (``a * b + c``
-may become one fused multiply-add, rounded once instead of twice: the forward about 20 % faster) and
-``reassoc`` for the sums over a block's channels in the backward (``_token_backward``). Kernels are compiled on first use and cached
-on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set by ``scripts/env.sh``, puts the cache under
+rounding of ``delta A`` itself already has there). Softplus and silu follow PyTorch's formulas
+(softplus' threshold 20 included). Of fastmath's flags only two are on: ``contract`` everywhere
+(``a * b + c`` may become one fused multiply-add, rounded once instead of twice: the forward about
+20 % faster) and ``reassoc`` for the sums over a block's channels in the backward
+(``_token_backward``). Kernels are compiled on first use and cached on disk (``cache=True``; ``NUMBA_CACHE_DIR``, set by ``scripts/env.sh``, puts the cache under
 the project's ``.cache``).
 """
 
