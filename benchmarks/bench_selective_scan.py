@@ -2,9 +2,11 @@
 
 Rows: the Mamba decoder's shape at 224 px (batch 16, dim 256, L 196, N 16), then longer
 sequences up to L 3136 (56x56 tokens), each forward only and forward+backward, at every
-thread count of ``--threads`` (default 1 and 2). Each figure is the median seconds per call
-after one warm-up call (which also loads or compiles the numba kernel), repeated until
-``--repeats`` calls or ``--budget-s`` seconds. float32, Mamba's scales (see ``mamba_like_inputs``).
+thread count of ``--threads`` (default 1 and 2). After one warm-up call of each scan (which also
+loads or compiles the numba kernel), the scans run in rounds of one call each until ``--repeats``
+rounds or ``--budget-s`` seconds; the seconds are medians over the rounds, the ratios medians of
+each round's ratio (paired in time, so the machine's drift cancels). float32, Mamba's scales (see
+``mamba_like_inputs``).
 
     .venv/bin/python benchmarks/bench_selective_scan.py [--threads 1 2] [--lengths 196 784 3136] [--budget-s 5]
 """
@@ -51,23 +53,29 @@ def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dic
     }
 
 
-def seconds_per_call(scan: Callable[..., torch.Tensor], inputs: dict, backward: bool, repeats: int, budget_s: float) -> float:
-    """Median seconds per call after one warm-up call."""
+def paired_seconds(inputs: dict, backward: bool, repeats: int, budget_s: float) -> dict[str, list[float]]:
+    """Seconds per call of every scan, in rounds of one call each, after one warm-up call each.
 
-    def call() -> None:
+    The rounds pair the scans in time: this machine's speed drifts by 15-30 % over minutes, so a ratio
+    is taken within a round (one call of each, back to back) and its median over the rounds reported.
+    """
+
+    def call(scan: Callable[..., torch.Tensor]) -> None:
         if backward:
             scan(**inputs).sum().backward()
         else:
             with torch.no_grad():
                 scan(**inputs)
 
-    call()
-    timings: list[float] = []
-    while len(timings) < repeats and sum(timings) < budget_s:
-        start = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+    for scan in SCANS.values():
+        call(scan)
+    timings: dict[str, list[float]] = {name: [] for name in SCANS}
+    while len(timings["fused"]) < repeats and sum(map(sum, timings.values())) < budget_s:
+        for name, scan in SCANS.items():
+            start = time.perf_counter()
+            call(scan)
+            timings[name].append(time.perf_counter() - start)
+    return timings
 
 
 def main() -> None:
@@ -80,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     start_benchmark(args.threads[0])
     shapes = [DECODER_SHAPE, *((*args.long_shape, length, 16) for length in args.lengths)]
-    print("\nmedian seconds per call, float32; x = token loop (or chunked) time / fused time\n")
+    print("\nmedian seconds per call, float32; x = median over rounds of token loop (or chunked) time / fused time\n")
     print("| threads | batch, dim, L, N | pass | fused s | token loop s | chunked s | loop / fused | chunked / fused |")
     print("|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
@@ -89,12 +97,16 @@ def main() -> None:
             batch, dim, length, state_size = shape
             inputs = mamba_like_inputs(batch, dim, state_size, length)
             for backward in (False, True):
-                seconds = {name: seconds_per_call(scan, inputs, backward, args.repeats, args.budget_s) for name, scan in SCANS.items()}
-                fused, loop, chunked = seconds["fused"], seconds["token loop"], seconds["chunked"]
+                timings = paired_seconds(inputs, backward, args.repeats, args.budget_s)
+                fused, loop, chunked = (statistics.median(timings[name]) for name in ("fused", "token loop", "chunked"))
+                loop_ratio, chunked_ratio = (
+                    statistics.median(other / own for other, own in zip(timings[name], timings["fused"], strict=True))
+                    for name in ("token loop", "chunked")
+                )
                 pass_name = "forward+backward" if backward else "forward"
                 print(
                     f"| {threads} | {', '.join(map(str, shape))} | {pass_name} | {fused:.4f} | {loop:.4f} | {chunked:.4f} "
-                    f"| {loop / fused:.1f}x | {chunked / fused:.1f}x |",
+                    f"| {loop_ratio:.1f}x | {chunked_ratio:.1f}x |",
                     flush=True,
                 )
     print(f"\nnumba threading layer of the fused scan: {numba.threading_layer()}")
