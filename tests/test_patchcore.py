@@ -173,7 +173,12 @@ def test_map_scale_is_the_mean_of_every_experiences_scale(tiny_dataset, monkeypa
     first = learner.map_scale.clone()
     latest = []
     leave_one_out = learner.leave_one_image_out_scale
-    monkeypatch.setattr(learner, "leave_one_image_out_scale", lambda *args: latest.append(leave_one_out(*args)) or latest[-1])
+
+    def recorded(*args):
+        latest.append(leave_one_out(*args))
+        return latest[-1]
+
+    monkeypatch.setattr(learner, "leave_one_image_out_scale", recorded)
     learner.fit([batch_of(tiny_dataset, ["ring"])])
     second = torch.stack(latest)
     assert not torch.allclose(second, first)

@@ -44,6 +44,7 @@ the project's ``.cache``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numba
@@ -64,7 +65,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 
 # PyTorch's softplus returns x itself above this (F.softplus' default threshold, beta 1).
 SOFTPLUS_THRESHOLD = 20.0
-LOG2_E, LN_2 = 1.4426950408889634, 0.6931471805599453
+LOG2_E, LN_2 = math.log2(math.e), math.log(2.0)
 
 
 @intrinsic
