@@ -154,7 +154,6 @@ def test_fused_kernel_starts_numba_on_torchs_openmp_keeping_its_thread_count() -
     assert report["layer"] == ("omp" if report["omp_loads"] else "workqueue")
 
 
-
 @pytest.mark.parametrize("length", [37, 8, 3])
 def test_fused_backward_chunks(monkeypatch: pytest.MonkeyPatch, length: int) -> None:
     """Backward chunks of 4 tokens from the forward's checkpoints (several, the last one short or full,
@@ -185,7 +184,7 @@ def test_fused_without_grad_builds_no_graph() -> None:
 
 
 def test_fused_float32_matches_float64() -> None:
-    """float32 uses its own exp (Cephes' expf): within float32 resolution of the float64 recurrence."""
+    """float32 uses its own exponential (Cephes' exp2f): within float32 resolution of the float64 recurrence."""
     inputs64 = random_inputs(groups=2, length=50)
     inputs32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in inputs64.items()}
     y = selective_scan(**inputs32, cpu_scan="fused")
