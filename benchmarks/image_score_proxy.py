@@ -17,6 +17,13 @@ and are printed once. Rules:
 - ``valid-90``: tokens whose cell has a 3-D point on at least 90 % of its pixels;
 - ``interior``: ``valid-half`` tokens whose eight neighbours are ``valid-half``
   tokens too (the valid mask eroded by one token).
+
+Then, with the learner's own tokens: each modality's mean image maximum on the
+training samples and on the validation normals (a model that fits its
+training images rather than normal texture scores unseen normals higher), and
+the I-AUROC with the scales fitted on half of the validation normals instead
+of the training samples, evaluated on the other half and the pseudo-defects
+made from it (two folds).
 """
 
 from __future__ import annotations
@@ -104,17 +111,45 @@ def main() -> None:
     def fused(maps: torch.Tensor, scored: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return upsample_and_smooth((maps * scored[:, None] / scale[None, :, None, None]).amax(dim=1), size, sigma)
 
-    own = rules(fraction)["valid-half"]
-    own_scale = (train_maps * rules(train_fraction)["valid-half"][:, None]).flatten(2).amax(dim=2).mean(dim=0).clamp_min(1e-8)
+    own, train_own = rules(fraction)["valid-half"], rules(train_fraction)["valid-half"]
+    own_scale = image_maxima(train_maps, train_own).mean(dim=0).clamp_min(1e-8)
     pixel = pixel_metrics(fused(maps, own, own_scale), masks)
     print(f"{args.candidate}: pixel map (every rule) " + ", ".join(f"{key} {value:.3f}" for key, value in pixel.items()))
     print("| image-score tokens | I-AUROC | tokens scored (validation normals) |\n|---|---|---|")
     train_rules, test_rules = rules(train_fraction), rules(fraction)
     for name, scored in test_rules.items():
-        scale = (train_maps * train_rules[name][:, None]).flatten(2).amax(dim=2).mean(dim=0).clamp_min(1e-8)
+        scale = image_maxima(train_maps, train_rules[name]).mean(dim=0).clamp_min(1e-8)
         scores = image_scores(fused(maps, scored, scale))
         share = scored[labels == 0].float().mean().item()
         print(f"| {name} | {image_auroc(scores, labels):.3f} | {share:.2f} |")
+
+    maxima = image_maxima(maps, own)
+    print("\n| modality | mean image maximum, training | validation normals | ratio |\n|---|---|---|---|")
+    for index, modality in enumerate(learner.modalities):
+        seen, unseen = own_scale[index].item(), maxima[labels == 0, index].mean().item()
+        print(f"| {modality} | {seen:.3f} | {unseen:.3f} | {unseen / seen:.2f} |")
+    # Validation sample i is test/good i and, with a pseudo-defect, test/pseudo i (validation_proxy.py).
+    normals, pseudo = (labels == 0).nonzero().flatten(), (labels == 1).nonzero().flatten()
+    if len(normals) != len(pseudo):
+        raise SystemExit(f"expected one pseudo-defect per validation normal, got {len(pseudo)} and {len(normals)}")
+    print("\n| scales fitted on | I-AUROC, fold 1 | fold 2 |\n|---|---|---|")
+    folds = [torch.arange(len(normals)) % 2 == fold for fold in (0, 1)]
+    scales = {
+        "training samples": lambda calibration: own_scale,
+        "the other half of the validation normals": lambda calibration: maxima[normals[calibration]].mean(dim=0).clamp_min(1e-8),
+    }
+    for label, scale_of in scales.items():
+        figures = []
+        for calibration in folds:
+            held_out = torch.cat([normals[~calibration], pseudo[~calibration]])
+            scores = image_scores(fused(maps[held_out], own[held_out], scale_of(calibration)))
+            figures.append(f"{image_auroc(scores, labels[held_out]):.3f}")
+        print(f"| {label} | {' | '.join(figures)} |")
+
+
+def image_maxima(maps: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """(N, M): every sample's per-modality map maximum over its scored tokens."""
+    return (maps * scored[:, None]).flatten(2).amax(dim=2)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from incad.data.sample import collate
 from incad.data.dataset import AnomalyDetectionDataset
+from incad.data.sample import collate
 from incad.learners.features import valid_tokens
 from incad.learners.reconstruction import ReconstructionLearner, ReconstructionOptions
+from incad.learners.reconstruction.torch_model import FeatureReconstructor
 from incad.learners.terms import evaluate_terms, total_loss
 
 SMALL = ReconstructionOptions(hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=1, feedforward_dim=64)
@@ -96,3 +97,25 @@ def test_image_size_not_a_multiple_of_16_uses_the_backbones_rounded_up_grid(tiny
     learner = ReconstructionLearner(SMALL, modality="rgb+depth", class_names=("a",), image_size=72).eval()
     assert learner.grid == (5, 5)
     assert learner.anomaly_map(batch).shape == (2, 5, 5)
+
+
+def test_attention_dropout_drops_attention_weights_only_and_defaults_to_dropout():
+    def reconstructor(**options):
+        torch.manual_seed(0)
+        return FeatureReconstructor(8, (4, 4), SMALL.model_copy(update=options)).train()
+
+    tokens = torch.randn(2, 16, 8)
+    # No dropout anywhere: training-mode passes agree; attention dropout alone makes them differ.
+    quiet = reconstructor(dropout=0.0, attention_dropout=0.0)
+    assert torch.equal(quiet(tokens), quiet(tokens))
+    noisy = reconstructor(dropout=0.0, attention_dropout=0.5)
+    assert not torch.equal(noisy(tokens), noisy(tokens))
+    rates = {module.dropout for module in reconstructor(dropout=0.3).modules() if isinstance(module, torch.nn.MultiheadAttention)}
+    assert rates == {0.3}
+    residual = {module.p for module in reconstructor(dropout=0.3, attention_dropout=0.0).modules() if isinstance(module, torch.nn.Dropout)}
+    assert residual == {0.3}
+
+
+def test_attention_dropout_outside_zero_to_one_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="attention_dropout"):
+        ReconstructionOptions(attention_dropout=1.0)
