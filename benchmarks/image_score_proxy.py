@@ -133,18 +133,16 @@ def main() -> None:
     if len(normals) != len(pseudo):
         raise SystemExit(f"expected one pseudo-defect per validation normal, got {len(pseudo)} and {len(normals)}")
     print("\n| scales fitted on | I-AUROC, fold 1 | fold 2 |\n|---|---|---|")
-    folds = [torch.arange(len(normals)) % 2 == fold for fold in (0, 1)]
-    scales = {
-        "training samples": lambda calibration: own_scale,
-        "the other half of the validation normals": lambda calibration: maxima[normals[calibration]].mean(dim=0).clamp_min(1e-8),
-    }
-    for label, scale_of in scales.items():
-        figures = []
-        for calibration in folds:
-            held_out = torch.cat([normals[~calibration], pseudo[~calibration]])
-            scores = image_scores(fused(maps[held_out], own[held_out], scale_of(calibration)))
-            figures.append(f"{image_auroc(scores, labels[held_out]):.3f}")
-        print(f"| {label} | {' | '.join(figures)} |")
+    figures: dict[str, list[str]] = {"training samples": [], "the other half of the validation normals": []}
+    for fold in (0, 1):
+        calibration = torch.arange(len(normals)) % 2 == fold
+        held_out = torch.cat([normals[~calibration], pseudo[~calibration]])
+        held_out_scale = maxima[normals[calibration]].mean(dim=0).clamp_min(1e-8)
+        for label, scale in zip(figures, (own_scale, held_out_scale)):
+            scores = image_scores(fused(maps[held_out], own[held_out], scale))
+            figures[label].append(f"{image_auroc(scores, labels[held_out]):.3f}")
+    for label, row in figures.items():
+        print(f"| {label} | {' | '.join(row)} |")
 
 
 def image_maxima(maps: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,8 @@ class ReconstructionOptions(LearnerOptions):
     feedforward_dim: int = 1024
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # Dropout on the attention weights; None: ``dropout`` (UniAD). On CPU any value above 0 sends torch's
-    # attention down its unfused path (softmax matrix, Bernoulli mask): 0 trains the quickstart's plain learner
-    # about 1.4x faster (README, Benchmarks).
+    # attention down its unfused path (softmax matrix, Bernoulli mask): 0 trains the quickstart's learners
+    # 1.24-1.5x faster, but the plain learner then forgets more (README, Benchmarks).
     attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
