@@ -2,7 +2,9 @@
 
 Rows: the Mamba decoder's shape at 224 px (batch 16, dim 256, L 196, N 16), then longer
 sequences up to L 3136 (56x56 tokens), each forward only and forward+backward, at every
-thread count of ``--threads`` (default 1 and 2). After one warm-up call of each scan (which also
+thread count of ``--threads`` (default 1 and 2). Forward+backward is the output and every
+input's gradient for a fixed dense upstream gradient (``torch.autograd.grad``), as inside a
+model: nothing accumulates into the inputs' ``.grad``, whose additions are not the scan's. After one warm-up call of each scan (which also
 loads or compiles the numba kernel), the scans run in rounds of one call each until ``--repeats``
 rounds or ``--budget-s`` seconds; the seconds are medians over the rounds, the ratios medians of
 each round's ratio (paired in time, so the machine's drift cancels). float32, Mamba's scales (see
@@ -60,9 +62,12 @@ def paired_seconds(inputs: dict, backward: bool, repeats: int, budget_s: float) 
     is taken within a round (one call of each, back to back) and its median over the rounds reported.
     """
 
+    differentiable = [value for value in inputs.values() if isinstance(value, torch.Tensor) and value.requires_grad]
+    upstream = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
+
     def call(scan: Callable[..., torch.Tensor]) -> None:
-        if backward:
-            scan(**inputs).sum().backward()
+        if backward:  # the gradients alone, as inside a model: no accumulation into leaf .grad, a dense upstream gradient
+            torch.autograd.grad(scan(**inputs), differentiable, grad_outputs=upstream)
         else:
             with torch.no_grad():
                 scan(**inputs)
