@@ -43,11 +43,8 @@ the project's ``.cache``).
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
-import numba
 import numpy as np
 import torch
 from llvmlite import ir
@@ -55,13 +52,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-# numba's OpenMP layer runs on torch's own OpenMP runtime (the libgomp torch loaded), so the kernels
-# use the threads torch's operations just left. With numba's own pool ("workqueue") instead, torch's
-# idle OpenMP threads keep spinning for a while after every torch operation and take the cores from
-# numba's: at 2 threads, forward+backward at the decoder's shape took 38-41 ms with workqueue and 24-26 ms
-# with omp. workqueue (then tbb) stays the fallback where the OpenMP layer does not load. An explicit choice is kept.
-if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+from incad.ops.numba_threads import use_torch_threads
 
 # PyTorch's softplus returns x itself above this (F.softplus' default threshold, beta 1).
 SOFTPLUS_THRESHOLD = 20.0
@@ -428,23 +419,6 @@ def _scan_backward(
                     grad_A_per_batch[b, first + c, n] = grad_A[n, c]
 
 
-@functools.cache
-def _start_numba_threads() -> None:
-    """Start numba's pool once and give torch its thread count back: the OpenMP layer's start sets
-    the shared runtime's default to ``NUMBA_NUM_THREADS`` (a ``torch.set_num_threads(1)`` became 2)."""
-    threads = torch.get_num_threads()
-    numba.get_num_threads()  # starts the pool
-    torch.set_num_threads(threads)
-
-
-def _use_torch_threads() -> int:
-    """numba's pool follows torch's thread setting, so ``torch.set_num_threads`` governs both; returns it."""
-    _start_numba_threads()
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    return threads
-
-
 # Channels per task: wide enough for the inner loop to fill vector registers, narrow enough for
 # batch x groups x blocks tasks to keep every thread busy and a backward task's states small.
 CHANNELS_PER_TASK = 64
@@ -466,7 +440,7 @@ class FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, grad_enabled: bool) -> Tensor:
-        workers = _use_torch_threads()
+        workers = use_torch_threads()
         (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
         tasks = batch * groups * -(-dim // groups // CHANNELS_PER_TASK)
         dtype = u.numpy().dtype
@@ -489,7 +463,7 @@ class FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        workers = _use_torch_threads()
+        workers = use_torch_threads()
         (batch, dim, length), (groups, state_size) = u.shape, B.shape[1:3]
         width = ctx.channels_per_task
         blocks = -(-dim // groups // width)

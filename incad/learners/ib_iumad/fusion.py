@@ -23,6 +23,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from incad.models.layers import FastDropout
+
 FusionName = Literal["add", "concat_fc", "linear_glu", "cross_attention"]
 FUSION_NAMES: tuple[str, ...] = get_args(FusionName)
 
@@ -104,8 +106,8 @@ class IBProjection(nn.Module):
     def __init__(self, dim: int, bottleneck_dim: int | None = None, dropout: float = 0.1) -> None:
         super().__init__()
         bottleneck_dim = bottleneck_dim or dim // 2
-        self.encode = nn.Sequential(nn.Linear(dim, bottleneck_dim), nn.Dropout(dropout), nn.ReLU())
-        self.decode = nn.Sequential(nn.Linear(bottleneck_dim, dim), nn.Dropout(dropout), nn.ReLU())
+        self.encode = nn.Sequential(nn.Linear(dim, bottleneck_dim), FastDropout(dropout), nn.ReLU())
+        self.decode = nn.Sequential(nn.Linear(bottleneck_dim, dim), FastDropout(dropout), nn.ReLU())
 
     def forward(self, fused: Tensor) -> Tensor:
         return self.decode(self.encode(fused))

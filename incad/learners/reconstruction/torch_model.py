@@ -34,7 +34,7 @@ from incad.learners.registry import register_learner
 from incad.learners.terms import LossTerm
 from incad.models.backbones.cache import FeatureCache
 from incad.models.backbones.registry import create_backbone
-from incad.models.layers import feature_jitter, sine_position_embedding_2d
+from incad.models.layers import feature_jitter, sine_position_embedding_2d, use_fast_dropout
 
 
 class ReconstructionOptions(LearnerOptions):
@@ -81,6 +81,7 @@ class FeatureReconstructor(nn.Module):
             for attention in self.modules():
                 if isinstance(attention, nn.MultiheadAttention):
                     attention.dropout = options.attention_dropout
+        use_fast_dropout(self)  # torch's CPU Bernoulli masks were a third of a training step
         self.queries = nn.Parameter(torch.zeros(grid[0] * grid[1], dim))
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.output_projection = nn.Linear(dim, in_channels)
