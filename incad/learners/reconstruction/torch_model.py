@@ -48,9 +48,9 @@ class ReconstructionOptions(LearnerOptions):
     decoder_layers: int = 4
     feedforward_dim: int = 1024
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Dropout on the attention weights; None: ``dropout`` (UniAD). On CPU any value above 0 sends torch's
-    # attention down its unfused path (softmax matrix, Bernoulli mask): 0 trains the quickstart's learners
-    # 1.24-1.5x faster, but the plain learner then forgets more (README, Benchmarks).
+    # Dropout on the attention weights; None: ``dropout`` (UniAD). Any value above 0 runs the unfused attention
+    # (softmax matrix, then the mask); with the hashed CPU masks 0 saves only about 4 % of a step, and with
+    # torch's masks the plain learner forgot more without it (README, Benchmarks).
     attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
