@@ -35,12 +35,12 @@ class FastDropoutAttention(nn.MultiheadAttention):
         self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = True,
         attn_mask: Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        plain_case = self.batch_first and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn
-        if not (self.training and self.dropout > 0 and query.device.type == "cpu" and plain_case) or (
-            need_weights or key_padding_mask is not None or attn_mask is not None or is_causal
-        ):
-            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
-        return self._attend(query, key, value), None
+        dropping_on_cpu = self.training and self.dropout > 0 and query.device.type == "cpu"
+        plain_layout = self.batch_first and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn
+        no_masks = not need_weights and key_padding_mask is None and attn_mask is None and not is_causal
+        if dropping_on_cpu and plain_layout and no_masks:
+            return self._attend(query, key, value), None
+        return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
 
     def _attend(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         """(B, Lq, E) queries over (B, Lk, E) keys and values: projections, dropped-out softmax weights, output projection."""
