@@ -21,17 +21,28 @@ Whole runs follow each other, so the machine's drift (15-30 % over minutes here)
 step per row on the same batch of 16 (rgb+depth, the scenario's image size, backbone features cached after the first
 step, as in training), AdamW and gradient clipping as in the runs: the median of each round's
 ratio, with its quartiles. ``--profile`` adds the operators whose time per step grew most over the
-first row's (torch.profiler, self CPU time): where the extra time goes.
+first row's (torch.profiler, self CPU time): where the extra time goes. ``--floor`` adds, for each row
+with Mamba decoders, what their own arithmetic costs per step, forward+backward on the same shapes:
+the matrix products of their linear layers, their self-attention (``scaled_dot_product_attention``)
+and their ES2D scan calls (per-direction projections + fused scan), timed alone, times the number of
+decoder blocks, with the rate of the matrix products against a large one's: (first row's step + these
+parts) / first row's step is the ratio if everything else in the decoders (norms, convolutions,
+activations, data movement) and IBFM were free.
+
+    .venv/bin/python benchmarks/bench_ib_iumad.py --rows plain ib_iumad --paired-steps 10 --floor
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import statistics
 import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 from common import (
     QUICKSTART,
     add_threads_option,
@@ -46,6 +57,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from incad.learners import Learner, create_learner
 from incad.learners.terms import total_loss
+from incad.models.layers.mamba import ES2D_STRIDE, NUM_DIRECTIONS
 from incad.resolve import load_run
 
 RUNS = {  # --rows name: (label, overrides)
@@ -74,11 +86,12 @@ def main() -> None:
     parser.add_argument("--no-inference", action="store_true", help="skip the inference speed and memory columns")
     parser.add_argument("--paired-steps", type=int, metavar="K", help="time K rounds of one training step per row instead of whole runs")
     parser.add_argument("--profile", action="store_true", help="with --paired-steps: the operators that grew most over the first row")
+    parser.add_argument("--floor", action="store_true", help="with --paired-steps: the Mamba decoders' arithmetic alone, per step")
     add_threads_option(parser)
     args = parser.parse_args()
     start_benchmark(args.threads)
     if args.paired_steps:
-        paired_steps(args.rows, args.paired_steps, args.set, args.profile)
+        paired_steps(args.rows, args.paired_steps, args.set, args.profile, args.floor)
         return
     rows = {}
     with tempfile.TemporaryDirectory(prefix="incad-bench-") as scratch:
@@ -123,7 +136,7 @@ class TrainingStep:
         return time.perf_counter() - start
 
 
-def paired_steps(rows: list[str], rounds: int, overrides: list[str], with_profile: bool) -> None:
+def paired_steps(rows: list[str], rounds: int, overrides: list[str], with_profile: bool, with_floor: bool) -> None:
     """Seconds per step of every row and each row's ratio to the first, from rounds of one step per row."""
     torch.manual_seed(0)
     steps = {row: TrainingStep(row, overrides) for row in rows}
@@ -147,6 +160,11 @@ def paired_steps(rows: list[str], rounds: int, overrides: list[str], with_profil
         print(f"| {RUNS[row][0]} | {statistics.median(seconds[row]):.3f} | {statistics.median(ratios):.2f} | {low:.2f}-{high:.2f} |")
     if with_profile:
         print_growth(steps, batch, first)
+    if with_floor:
+        first_seconds = statistics.median(seconds[first])
+        for row in rows:
+            if hasattr(steps[row].learner, "mamba_decoders"):
+                print_decoder_floor(RUNS[row][0], steps[row].learner, first, first_seconds, statistics.median(seconds[row]))
 
 
 def print_growth(steps: dict[str, TrainingStep], batch, first: str, top: int = 15) -> None:
@@ -166,6 +184,72 @@ def print_growth(steps: dict[str, TrainingStep], batch, first: str, top: int = 1
         print("|---|---|---|---|")
         for op in sorted(growth, key=growth.get, reverse=True)[:top]:
             print(f"| {op} | {per_step[row][op]:.1f} | {per_step[first].get(op, 0.0):.1f} | {growth[op]:.1f} |")
+
+
+def median_seconds(call, repeats: int, warm_up: int = 2) -> float:
+    """Median wall time of ``call()`` over ``repeats`` calls after ``warm_up`` untimed ones."""
+    times = []
+    for repeat in range(warm_up + repeats):
+        start = time.perf_counter()
+        call()
+        if repeat >= warm_up:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gradients(function, leaves: list[torch.Tensor], upstream: list[torch.Tensor]) -> None:
+    """Forward and backward of ``function(*leaves)`` for a dense upstream gradient, as inside a model."""
+    torch.autograd.grad(function(*leaves), leaves, grad_outputs=upstream)
+
+
+def print_decoder_floor(label: str, learner: Learner, first: str, first_seconds: float, row_seconds: float, repeats: int = 10) -> None:
+    """The Mamba decoders' matrix products, attention and scan calls alone, forward+backward, per training step."""
+    blocks = [block for decoder in learner.mamba_decoders.values() for block in decoder.blocks]
+    block, batch = blocks[0], 16  # every block has the same shapes
+    essm, attention = block.essm, block.attention
+    tokens, dim, inner, heads = math.prod(block.grid_size), essm.out_proj.out_features, essm.d_inner, attention.num_heads
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape).requires_grad_()
+
+    def copy(weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().clone().requires_grad_()
+
+    linear_weights = [copy(w) for w in (essm.in_proj.weight, essm.out_proj.weight, attention.in_proj_weight, attention.out_proj.weight)]
+    parts = {  # name: (function of the leaves, leaves), differentiated with respect to all its leaves
+        "matrix products of the linear layers (ESSM in/out, attention in/out)": (
+            lambda x, y, w1, w2, w3, w4: (F.linear(x, w1), F.linear(y, w2), F.linear(x, w3), F.linear(x, w4)),
+            [leaf(batch, tokens, dim), leaf(batch, tokens, inner), *linear_weights],
+        ),
+        "self-attention (scaled_dot_product_attention)": (
+            lambda q, k, v: (F.scaled_dot_product_attention(q, k, v),),
+            [leaf(batch, heads, tokens, dim // heads) for _ in range(3)],
+        ),
+        "ES2D scan call (per-direction projections + fused scan)": (
+            lambda sequences: (essm.scan_directions(sequences),),
+            [leaf(batch, NUM_DIRECTIONS * inner, math.prod(-(-side // ES2D_STRIDE) for side in block.grid_size))],
+        ),
+    }
+    print(f"\n{label}: the arithmetic of its {len(blocks)} Mamba decoder blocks alone, forward+backward, batch {batch}\n")
+    print("| part | ms per block | ms per step |")
+    print("|---|---|---|")
+    per_block = {}
+    for name, (function, leaves) in parts.items():
+        upstream = [torch.randn_like(output) for output in function(*leaves)]
+        per_block[name] = median_seconds(functools.partial(gradients, function, leaves, upstream), repeats)
+        print(f"| {name} | {per_block[name] * 1e3:.1f} | {per_block[name] * len(blocks) * 1e3:.0f} |")
+    total = sum(per_block.values()) * len(blocks)
+    print(f"| sum | | {total * 1e3:.0f} |")
+    linear_flops = 6 * batch * tokens * (dim * 2 * inner + inner * dim + dim * 3 * dim + dim * dim)  # forward 2, backward 4 per weight
+    square = torch.randn(2048, 2048)
+    square_rate = 2 * 2048**3 / median_seconds(lambda: square @ square, repeats) / 1e9
+    print(
+        f"\nThe linear layers' products run at {linear_flops / next(iter(per_block.values())) / 1e9:.0f} GFLOP/s, "
+        f"a 2048x2048 product at {square_rate:.0f} GFLOP/s here. {first}: {first_seconds:.3f} s per step; {label}: "
+        f"{row_seconds:.3f} s ({row_seconds / first_seconds:.2f}x). {first}'s step plus these parts alone: "
+        f"{(first_seconds + total) / first_seconds:.2f}x, the ratio if everything else in the decoders and IBFM were free.",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

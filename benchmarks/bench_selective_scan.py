@@ -1,7 +1,10 @@
 """CPU time of the selective scans: the fused numba kernel, the token-by-token loop and the chunked scan.
 
-Rows: the Mamba decoder's shape at 224 px (batch 16, dim 256, L 196, N 16), then longer
-sequences up to L 3136 (56x56 tokens), each forward only and forward+backward, at every
+Rows: first the shape issue 15 named as the Mamba decoder's at 224 px (batch 16, dim 256, L 196,
+N 16, one group of B/C); then the shapes the decoder really passes at 224 px, where ES2D stacks
+its four directions on the channels of one call (14x14 tokens: four 7x7 sub-grids, L 49, dim
+4 x d_inner, four groups of B/C) with the quickstart's hidden_dim 128 and the paper YAMLs' 256;
+then longer sequences up to L 3136 (56x56 tokens), each forward only and forward+backward, at every
 thread count of ``--threads`` (default 1 and 2). Forward+backward is the output and every
 input's gradient for a fixed dense upstream gradient (``torch.autograd.grad``), as inside a
 model: nothing accumulates into the inputs' ``.grad``, whose additions are not the scan's. After one warm-up call of each scan (which also
@@ -24,9 +27,14 @@ import numba
 import torch
 from common import add_threads_option, start_benchmark
 
+from incad.models.layers.mamba import ES2D_STRIDE, NUM_DIRECTIONS
 from incad.ops import selective_scan, selective_scan_reference
 
-DECODER_SHAPE = (16, 256, 196, 16)  # batch, dim, L, N: the Mamba decoder at 224 px (14x14 tokens)
+ISSUE_SHAPE = (16, 256, 196, 16, 1)  # batch, dim, L, N, groups: issue 15's estimate of the decoder at 224 px
+DECODER_GRID, EXPAND = 14, 2  # 224 px at the backbone's stride 16; ESSM's d_inner = 2 * hidden_dim
+DECODER_SHAPES = tuple(
+    (16, NUM_DIRECTIONS * EXPAND * hidden, (DECODER_GRID // ES2D_STRIDE) ** 2, 16, NUM_DIRECTIONS) for hidden in (128, 256)
+)
 LONG_LENGTHS = (784, 3136)  # 28x28 and 56x56 token grids
 SCANS: dict[str, Callable[..., torch.Tensor]] = {
     "fused": lambda **inputs: selective_scan(**inputs, cpu_scan="fused"),
@@ -35,8 +43,8 @@ SCANS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dict:
-    """float32 inputs with Mamba's scales: S4D-real A, softplus(delta + bias) around 0.01, one group of B/C."""
+def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int, groups: int = 1) -> dict:
+    """float32 inputs with Mamba's scales: S4D-real A, softplus(delta + bias) around 0.01, ``groups`` groups of B/C."""
     generator = torch.Generator().manual_seed(0)
 
     def randn(*shape: int, requires_grad: bool = True) -> torch.Tensor:
@@ -46,8 +54,8 @@ def mamba_like_inputs(batch: int, dim: int, state_size: int, length: int) -> dic
         "u": randn(batch, dim, length),
         "delta": randn(batch, dim, length),
         "A": -torch.arange(1, state_size + 1, dtype=torch.float32).repeat(dim, 1).requires_grad_(),
-        "B": randn(batch, state_size, length),
-        "C": randn(batch, state_size, length),
+        "B": randn(batch, groups, state_size, length),
+        "C": randn(batch, groups, state_size, length),
         "D": randn(dim),
         "z": randn(batch, dim, length),
         "delta_bias": torch.full((dim,), -4.6, requires_grad=True),  # softplus(-4.6) ~ 0.01
@@ -92,15 +100,15 @@ def main() -> None:
     parser.add_argument("--long-shape", type=int, nargs=2, default=[2, 64], metavar=("BATCH", "DIM"), help="batch and dim of the longer rows (N 16)")
     args = parser.parse_args()
     start_benchmark(args.threads[0])
-    shapes = [DECODER_SHAPE, *((*args.long_shape, length, 16) for length in args.lengths)]
+    shapes = [ISSUE_SHAPE, *DECODER_SHAPES, *((*args.long_shape, length, 16, 1) for length in args.lengths)]
     print("\nmedian seconds per call, float32; x = median over rounds of token loop (or chunked) time / fused time\n")
-    print("| threads | batch, dim, L, N | pass | fused s | token loop s | chunked s | loop / fused | chunked / fused |")
+    print("| threads | batch, dim, L, N, groups | pass | fused s | token loop s | chunked s | loop / fused | chunked / fused |")
     print("|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for shape in shapes:
-            batch, dim, length, state_size = shape
-            inputs = mamba_like_inputs(batch, dim, state_size, length)
+            batch, dim, length, state_size, groups = shape
+            inputs = mamba_like_inputs(batch, dim, state_size, length, groups)
             for backward in (False, True):
                 timings = paired_seconds(inputs, backward, args.repeats, args.budget_s)
                 fused, loop, chunked = (statistics.median(timings[name]) for name in ("fused", "token loop", "chunked"))
