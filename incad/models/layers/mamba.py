@@ -191,11 +191,13 @@ class MambaDecoderBlock(nn.Module):
         height, width = self.grid_size
         if length != height * width:
             raise ValueError(f"expected {height}x{width}={height * width} tokens, got {length}")
-        mixed = self.essm(self.essm_norm(tokens).view(batch, height, width, dim)).reshape(batch, length, dim)
+        grid = tokens.view(batch, height, width, dim)
+        mixed = self.essm(self.essm_norm(grid)).reshape(batch, length, dim)
         normed = self.attention_norm(mixed)
         attended, _ = self.attention(normed, normed, normed, need_weights=False)
-        local = self.dwconv(tokens.transpose(1, 2).reshape(batch, dim, height, width))
-        return attended + local.flatten(2).transpose(1, 2)
+        # The conv reads the tokens in channels-last memory as they lie and writes them so: no transposed copies.
+        local = self.dwconv(grid.permute(0, 3, 1, 2))
+        return attended + local.permute(0, 2, 3, 1).reshape(batch, length, dim)
 
 
 class MambaDecoder(nn.Module):
