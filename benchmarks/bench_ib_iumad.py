@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="with --paired-steps: the Mamba decoders' arithmetic alone, per step")
     add_threads_option(parser)
     args = parser.parse_args()
+    if (args.profile or args.floor) and not args.paired_steps:
+        parser.error("--profile and --floor measure training steps: give --paired-steps K as well")
     start_benchmark(args.threads)
     if args.paired_steps:
         paired_steps(args.rows, args.paired_steps, args.set, args.profile, args.floor)
