@@ -8,8 +8,8 @@ P-AUROC / AUPRO@0.3 / AUPRO@0.01, FM of I-AUROC, training time and the peak
 memory of the whole run; then, in a separate process, inference images/s
 (rgb+depth, batch 16, 224x224, CPU, feature cache off) and the peak memory of
 that inference alone. "train / plain" is a row's training time over the plain learner's (the
-cost of the Mamba decoders and IBFM; the scan is about a seventh of it, the decoders' projections,
-attention and copies the rest: see ``--profile``).
+cost of the Mamba decoders and IBFM; the scan is about a fifth of it, the decoders' projections,
+attention and copies the rest: see ``--profile`` and ``--floor``).
 
     .venv/bin/python benchmarks/bench_ib_iumad.py [--epochs 15] [--set dataset.image_size=128 ...]
     .venv/bin/python benchmarks/bench_ib_iumad.py --rows plain ib_iumad --no-inference --epochs 2   # training time only, minutes
