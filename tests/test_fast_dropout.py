@@ -145,3 +145,21 @@ def test_use_fast_dropout_keeps_state_and_evaluation_outputs() -> None:
     switched.train()
     switched(tokens, memory).sum().backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in switched.parameters())
+
+
+def test_training_under_the_profiler_with_shapes_recorded() -> None:
+    """torch.profiler's record_shapes casts every autograd input to a C++ type: the seed must fit a signed 64-bit int."""
+    torch.manual_seed(0)
+    layer = use_fast_dropout(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as trace:
+        layer(torch.randn(2, 5, 16)).sum().backward()
+    assert any(event.key == "_MaskedBySeed" for event in trace.key_averages())
+    assert all(parameter.grad is not None for parameter in layer.parameters())
+
+
+def test_signed_and_unsigned_seeds_with_the_same_bits_give_the_same_mask() -> None:
+    x = torch.ones(103)
+    signed, unsigned = torch.empty(103), torch.empty(103)
+    masked(x, signed, -12345, keep_bound(0.5), 2.0)
+    masked(x, unsigned, 2**64 - 12345, keep_bound(0.5), 2.0)
+    assert torch.equal(signed, unsigned) and 0 < int((signed != 0).sum()) < 103

@@ -71,5 +71,6 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.is_cuda or x.dtype not in _KERNEL_DTYPES or _masked_kernel() is None or not 0.0 < p < 1.0:
         return F.dropout(x, p, training)
-    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)) % 2**64
+    # A signed 64-bit seed: autograd passes it through C++ (torch.profiler's record_shapes casts it to int64).
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
     return _MaskedBySeed.apply(x, p, seed)

@@ -42,7 +42,8 @@ def _masked(x, out, seed, keep_below, scale):  # pragma: no cover - compiled
 
 
 def masked(x: Tensor, out: Tensor, seed: int, keep_below: int, scale: float) -> None:
-    """Write ``x * mask`` into ``out`` (both contiguous CPU tensors of one float dtype, same shape)."""
+    """Write ``x * mask`` into ``out`` (both contiguous CPU tensors of one float dtype, same shape); ``seed`` is
+    taken modulo 2^64, so a signed and an unsigned 64-bit seed with the same bits give the same mask."""
     use_torch_threads()
     values = x.detach().reshape(-1).numpy()
-    _masked(values, out.view(-1).numpy(), np.uint64(seed), np.uint64(keep_below), values.dtype.type(scale))
+    _masked(values, out.view(-1).numpy(), np.uint64(seed % 2**64), np.uint64(keep_below), values.dtype.type(scale))
