@@ -218,8 +218,9 @@ def print_decoder_floor(label: str, learner: Learner, first: str, first_seconds:
         return weight.detach().clone().requires_grad_()
 
     linear_weights = [copy(w) for w in (essm.in_proj.weight, essm.out_proj.weight, attention.in_proj_weight, attention.out_proj.weight)]
+    products = "matrix products of the linear layers (ESSM in/out, attention in/out)"
     parts = {  # name: (function of the leaves, leaves), differentiated with respect to all its leaves
-        "matrix products of the linear layers (ESSM in/out, attention in/out)": (
+        products: (
             lambda x, y, w1, w2, w3, w4: (F.linear(x, w1), F.linear(y, w2), F.linear(x, w3), F.linear(x, w4)),
             [leaf(batch, tokens, dim), leaf(batch, tokens, inner), *linear_weights],
         ),
@@ -242,11 +243,11 @@ def print_decoder_floor(label: str, learner: Learner, first: str, first_seconds:
         print(f"| {name} | {per_block[name] * 1e3:.1f} | {per_block[name] * len(blocks) * 1e3:.0f} |")
     total = sum(per_block.values()) * len(blocks)
     print(f"| sum | | {total * 1e3:.0f} |")
-    linear_flops = 6 * batch * tokens * (dim * 2 * inner + inner * dim + dim * 3 * dim + dim * dim)  # forward 2, backward 4 per weight
+    linear_flops = 6 * batch * tokens * sum(weight.numel() for weight in linear_weights)  # per token and weight: forward 2, backward 4
     square = torch.randn(2048, 2048)
     square_rate = 2 * 2048**3 / median_seconds(lambda: square @ square, repeats) / 1e9
     print(
-        f"\nThe linear layers' products run at {linear_flops / next(iter(per_block.values())) / 1e9:.0f} GFLOP/s, "
+        f"\nThe linear layers' products run at {linear_flops / per_block[products] / 1e9:.0f} GFLOP/s, "
         f"a 2048x2048 product at {square_rate:.0f} GFLOP/s here. {first}: {first_seconds:.3f} s per step; {label}: "
         f"{row_seconds:.3f} s ({row_seconds / first_seconds:.2f}x). {first}'s step plus these parts alone: "
         f"{(first_seconds + total) / first_seconds:.2f}x, the ratio if everything else in the decoders and IBFM were free.",
